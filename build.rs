@@ -1,0 +1,41 @@
+//! Build script: compiles `proto/torchwire/v1/*.proto` with protox (no system `protoc`) and
+//! tonic-prost-build, writes the file descriptor set that reflection serves, and links the
+//! binaries against libtorch with an rpath so they run without `LD_LIBRARY_PATH`.
+
+use std::env;
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["proto/torchwire/v1/torchwire.proto"];
+    for p in &protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+
+    let fds = protox::compile(protos, ["proto"])?;
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    let fds_path = out.join("torchwire_descriptor.bin");
+    std::fs::write(&fds_path, prost::Message::encode_to_vec(&fds))?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+
+    link_libtorch();
+    Ok(())
+}
+
+/// torch-sys links libtorch but leaves the run-time search path to us. We add an rpath to the
+/// libtorch `lib/` folder, and keep `torch_cuda` linked even though no symbol of it is used
+/// directly (otherwise `--as-needed` drops it and CUDA is never seen at run time).
+fn link_libtorch() {
+    let Ok(libtorch) = env::var("LIBTORCH") else {
+        return;
+    };
+    let lib = PathBuf::from(libtorch).join("lib");
+    let lib = lib.canonicalize().unwrap_or(lib);
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    if lib.join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+        println!("cargo:rustc-link-arg=-ltorch_cuda");
+        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    }
+}

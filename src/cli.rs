@@ -1,0 +1,163 @@
+//! Command line: `torchwire serve` and the client commands. Every flag can also come from a
+//! `TORCHWIRE_*` environment variable; `--help` text is the `///` comment on each field.
+//! `ServeArgs` converts into a validated [`Config`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, LogFormat};
+use crate::validate::Limits;
+
+/// torchwire: a gRPC server for TorchScript models.
+#[derive(Debug, Parser)]
+#[command(name = "torchwire", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the models in a model directory over gRPC.
+    Serve(ServeArgs),
+    /// List the models a running server has, with their per-device state.
+    Models(ClientArgs),
+    /// Run a Predict against a running server with rows of named features.
+    Predict(PredictArgs),
+}
+
+/// Flags of `torchwire serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "TORCHWIRE_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+    /// Model repository: one folder per model with model.toml and model.pt.
+    #[arg(long, env = "TORCHWIRE_MODEL_DIR", default_value = "./models")]
+    pub model_dir: PathBuf,
+    /// Log format: human-readable text or JSON lines.
+    #[arg(long, env = "TORCHWIRE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log filter, e.g. `info` or `torchwire=debug` (RUST_LOG wins when set).
+    #[arg(long, env = "TORCHWIRE_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Deadline, in milliseconds, of a request that sends no grpc-timeout.
+    #[arg(long, env = "TORCHWIRE_DEFAULT_TIMEOUT_MS", default_value_t = 30_000)]
+    pub default_timeout_ms: u64,
+    /// Cap, in milliseconds, on any request's deadline.
+    #[arg(long, env = "TORCHWIRE_MAX_TIMEOUT_MS", default_value_t = 300_000)]
+    pub max_timeout_ms: u64,
+    /// Requests each (model, device) queue holds; past it, RESOURCE_EXHAUSTED at once.
+    #[arg(long, env = "TORCHWIRE_QUEUE_CAPACITY", default_value_t = 128)]
+    pub queue_capacity: usize,
+    /// libtorch intra-op threads per model worker; 0 = the cores shared among the workers.
+    #[arg(long, env = "TORCHWIRE_INTRA_OP_THREADS", default_value_t = 0)]
+    pub intra_op_threads: usize,
+    /// Seconds a failed model load is remembered before a request may retry it.
+    #[arg(long, env = "TORCHWIRE_LOAD_RETRY_BACKOFF_SECS", default_value_t = 5)]
+    pub load_retry_backoff_secs: u64,
+    /// Most elements one input tensor may have.
+    #[arg(long, env = "TORCHWIRE_MAX_TENSOR_ELEMENTS", default_value_t = 1 << 24)]
+    pub max_tensor_elements: usize,
+    /// Most rows (batch entries) one request may carry.
+    #[arg(long, env = "TORCHWIRE_MAX_ROWS", default_value_t = 4096)]
+    pub max_rows: usize,
+    /// Seconds shutdown waits for in-flight requests after SIGTERM / SIGINT.
+    #[arg(long, env = "TORCHWIRE_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
+    pub shutdown_grace_secs: u64,
+    /// Use the CPU only, even when libtorch sees a GPU.
+    #[arg(long, env = "TORCHWIRE_CPU_ONLY")]
+    pub cpu_only: bool,
+}
+
+/// Flags shared by the client commands.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Server address.
+    #[arg(long, env = "TORCHWIRE_ADDR", default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+}
+
+/// Flags of `torchwire predict`.
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// Server to call.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Model name.
+    #[arg(long)]
+    pub model: String,
+    /// Device: auto, cpu or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// One row as `name=value,name=value`; repeat for more rows.
+    #[arg(long = "row", required = true)]
+    pub rows: Vec<String>,
+}
+
+impl TryFrom<ServeArgs> for Config {
+    type Error = String;
+
+    fn try_from(a: ServeArgs) -> Result<Self, String> {
+        if a.default_timeout_ms == 0 || a.max_timeout_ms == 0 {
+            return Err("--default-timeout-ms and --max-timeout-ms must be positive".into());
+        }
+        if a.queue_capacity == 0 {
+            return Err("--queue-capacity must be at least 1".into());
+        }
+        if a.max_rows == 0 || a.max_tensor_elements == 0 {
+            return Err("--max-rows and --max-tensor-elements must be positive".into());
+        }
+        Ok(Config {
+            grpc_addr: a.grpc_addr,
+            model_dir: a.model_dir,
+            log_format: a.log_format,
+            log_level: a.log_level,
+            default_timeout: Duration::from_millis(a.default_timeout_ms),
+            max_timeout: Duration::from_millis(a.max_timeout_ms),
+            queue_capacity: a.queue_capacity,
+            intra_op_threads: a.intra_op_threads,
+            load_retry_backoff: Duration::from_secs(a.load_retry_backoff_secs),
+            limits: Limits {
+                max_tensor_elements: a.max_tensor_elements,
+                max_rows: a.max_rows,
+            },
+            shutdown_grace: Duration::from_secs(a.shutdown_grace_secs),
+            cpu_only: a.cpu_only,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_into_a_valid_config() {
+        let cli = Cli::try_parse_from(["torchwire", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("serve expected")
+        };
+        let c = Config::try_from(args).unwrap();
+        assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.default_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn zero_queue_is_refused() {
+        let cli = Cli::try_parse_from(["torchwire", "serve", "--queue-capacity", "0"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("serve expected")
+        };
+        assert!(
+            Config::try_from(args)
+                .unwrap_err()
+                .contains("--queue-capacity")
+        );
+    }
+}

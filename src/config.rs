@@ -1,0 +1,79 @@
+//! The server's validated configuration: a plain struct with no clap inside, built from the
+//! command line by `cli.rs` or directly by tests (`Config::for_tests`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::validate::Limits;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// Everything `server::run` needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where gRPC listens (when the caller does not pass a listener).
+    pub grpc_addr: SocketAddr,
+    /// The model repository.
+    pub model_dir: PathBuf,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter (`info`, `torchwire=debug`, ...).
+    pub log_level: String,
+    /// Deadline of a request that sent no `grpc-timeout`.
+    pub default_timeout: Duration,
+    /// Cap on any request's deadline.
+    pub max_timeout: Duration,
+    /// Jobs each (model, device) queue holds.
+    pub queue_capacity: usize,
+    /// libtorch intra-op threads per worker; 0 = cores / workers.
+    pub intra_op_threads: usize,
+    /// How long a failed load is remembered before a request retries it.
+    pub load_retry_backoff: Duration,
+    /// Request size limits.
+    pub limits: Limits,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+    /// Ignore GPUs even when libtorch sees them.
+    pub cpu_only: bool,
+}
+
+impl Config {
+    /// A configuration for tests: the given model directory, CPU only, small queues.
+    pub fn for_tests(model_dir: impl Into<PathBuf>) -> Self {
+        Config {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            model_dir: model_dir.into(),
+            log_format: LogFormat::Text,
+            log_level: "warn".into(),
+            default_timeout: Duration::from_secs(30),
+            max_timeout: Duration::from_secs(300),
+            queue_capacity: 64,
+            intra_op_threads: 1,
+            load_retry_backoff: Duration::from_secs(5),
+            limits: Limits {
+                max_tensor_elements: 1 << 24,
+                max_rows: 4096,
+            },
+            shutdown_grace: Duration::from_secs(5),
+            cpu_only: true,
+        }
+    }
+
+    /// Intra-op threads per worker: the configured value, or the cores shared among the
+    /// workers that can run at once, so that workers x threads <= cores.
+    pub fn threads_per_worker(&self, workers: usize) -> usize {
+        if self.intra_op_threads > 0 {
+            return self.intra_op_threads;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        (cores / workers.max(1)).max(1)
+    }
+}

@@ -1,0 +1,164 @@
+//! Devices: parsing the `device` field of a request, and the set of devices this server has.
+//!
+//! `auto` picks the first GPU when libtorch sees one, else the CPU. Asking for a device that is
+//! not there is FAILED_PRECONDITION naming the devices that are. Detection calls libtorch, so
+//! [`Devices::detect`] must run off the tokio worker threads.
+
+use std::fmt;
+
+use crate::error::{Error, Result, clip};
+
+/// A device a model can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Device {
+    /// The host CPU.
+    Cpu,
+    /// CUDA device by ordinal.
+    Cuda(usize),
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl Device {
+    /// The device kind as a metric label (`cpu` / `cuda:N`); bounded by the number of GPUs.
+    pub fn label(&self) -> String {
+        self.to_string()
+    }
+
+    /// The libtorch device.
+    pub fn to_tch(self) -> tch::Device {
+        match self {
+            Device::Cpu => tch::Device::Cpu,
+            Device::Cuda(i) => tch::Device::Cuda(i),
+        }
+    }
+}
+
+/// What a request asked for, before it is matched against the devices that exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceRequest {
+    /// Let the server choose (GPU when present).
+    Auto,
+    /// This exact device.
+    Exact(Device),
+}
+
+impl DeviceRequest {
+    /// Parses `""`, `auto`, `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
+    pub fn parse(s: &str) -> Result<Self> {
+        let t = s.trim();
+        match t.to_ascii_lowercase().as_str() {
+            "" | "auto" => return Ok(DeviceRequest::Auto),
+            "cpu" => return Ok(DeviceRequest::Exact(Device::Cpu)),
+            "cuda" | "gpu" => return Ok(DeviceRequest::Exact(Device::Cuda(0))),
+            _ => {}
+        }
+        if let Some(n) = t.strip_prefix("cuda:")
+            && !n.is_empty()
+            && n.len() <= 3
+            && n.bytes().all(|b| b.is_ascii_digit())
+            && let Ok(i) = n.parse::<usize>()
+        {
+            return Ok(DeviceRequest::Exact(Device::Cuda(i)));
+        }
+        Err(Error::InvalidDevice {
+            device: clip(s, 32),
+        })
+    }
+}
+
+/// The devices this server found at start-up.
+#[derive(Debug, Clone)]
+pub struct Devices {
+    gpus: usize,
+}
+
+impl Devices {
+    /// Asks libtorch how many CUDA devices there are. Blocking libtorch call.
+    pub fn detect() -> Self {
+        let gpus = if tch::Cuda::is_available() {
+            usize::try_from(tch::Cuda::device_count()).unwrap_or(0)
+        } else {
+            0
+        };
+        Devices { gpus }
+    }
+
+    /// A CPU-only device set (tests, or `--no-cuda`).
+    pub fn cpu_only() -> Self {
+        Devices { gpus: 0 }
+    }
+
+    /// Every device, CPU first.
+    pub fn all(&self) -> Vec<Device> {
+        std::iter::once(Device::Cpu)
+            .chain((0..self.gpus).map(Device::Cuda))
+            .collect()
+    }
+
+    /// Number of CUDA devices.
+    pub fn gpu_count(&self) -> usize {
+        self.gpus
+    }
+
+    /// Matches a request against the devices that exist.
+    pub fn resolve(&self, req: DeviceRequest) -> Result<Device> {
+        match req {
+            DeviceRequest::Auto if self.gpus > 0 => Ok(Device::Cuda(0)),
+            DeviceRequest::Auto => Ok(Device::Cpu),
+            DeviceRequest::Exact(Device::Cuda(i)) if i >= self.gpus => {
+                Err(Error::DeviceUnavailable {
+                    device: Device::Cuda(i).to_string(),
+                    available: self
+                        .all()
+                        .iter()
+                        .map(Device::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })
+            }
+            DeviceRequest::Exact(d) => Ok(d),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_device_strings() {
+        assert_eq!(DeviceRequest::parse("").unwrap(), DeviceRequest::Auto);
+        assert_eq!(DeviceRequest::parse("AUTO").unwrap(), DeviceRequest::Auto);
+        assert_eq!(
+            DeviceRequest::parse("cpu").unwrap(),
+            DeviceRequest::Exact(Device::Cpu)
+        );
+        assert_eq!(
+            DeviceRequest::parse("cuda:2").unwrap(),
+            DeviceRequest::Exact(Device::Cuda(2))
+        );
+        for bad in ["tpu", "cuda:", "cuda:-1", "cuda:99999", "cuda:1x", "cpu0"] {
+            let err = DeviceRequest::parse(bad).unwrap_err();
+            assert!(matches!(err, Error::InvalidDevice { .. }), "{bad}");
+        }
+    }
+
+    #[test]
+    fn missing_gpu_is_failed_precondition_naming_the_devices() {
+        let d = Devices::cpu_only();
+        assert_eq!(d.resolve(DeviceRequest::Auto).unwrap(), Device::Cpu);
+        let err = d
+            .resolve(DeviceRequest::Exact(Device::Cuda(0)))
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(err.to_string().contains("available devices: cpu"), "{err}");
+    }
+}

@@ -1,0 +1,36 @@
+//! torchwire: a gRPC server for TorchScript models.
+//!
+//! ```text
+//! client ──gRPC──▶ service/   proto ⇄ domain, deadline, logging at the boundary
+//!                  └▶ validate     shape, dtype, size, NaN → INVALID_ARGUMENT
+//!                     └▶ registry  DashMap<(model, device), slot>: lazy single-flight load
+//!                        └▶ worker  one OS thread per (model, device), bounded queue,
+//!                                   drop expired / cancelled jobs → forward (no_grad) → reply
+//! ```
+//!
+//! Seams for the work that follows (each lands in its own module):
+//! - lifecycle (eviction, load/unload, warm-up): `registry.rs` owns slot state; `worker.rs`
+//!   owns the thread and the model.
+//! - batching and admission: `batch.rs` (jobs, batching policy), `worker.rs` (the loop).
+//! - metrics: `service::boundary` is the one place every RPC passes through.
+//! - KServe v2: a second service in `service/` over the same `ModelRegistry`.
+//!
+//! No libtorch call runs on a tokio worker thread: models live on their worker threads, and
+//! device detection runs in `spawn_blocking`.
+
+pub mod batch;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod deadline;
+pub mod device;
+pub mod error;
+pub mod model;
+pub mod proto;
+pub mod registry;
+pub mod server;
+pub mod service;
+pub mod shutdown;
+pub mod telemetry;
+pub mod validate;
+pub mod worker;

@@ -1,0 +1,31 @@
+//! The `torchwire` binary: parse the command line, then serve or run a client command.
+
+use clap::Parser;
+use torchwire::cli::{Cli, Command};
+use torchwire::config::{Config, LogFormat};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Serve(args) => {
+            let config = Config::try_from(args).map_err(anyhow::Error::msg)?;
+            torchwire::telemetry::init(config.log_format, &config.log_level);
+            runtime.block_on(async {
+                let listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
+                let shutdown = torchwire::shutdown::on_signals();
+                torchwire::server::run(config, listener, shutdown).await
+            })
+        }
+        Command::Models(args) => {
+            torchwire::telemetry::init(LogFormat::Text, "warn");
+            runtime.block_on(torchwire::client::models(args))
+        }
+        Command::Predict(args) => {
+            torchwire::telemetry::init(LogFormat::Text, "warn");
+            runtime.block_on(torchwire::client::predict(args))
+        }
+    }
+}

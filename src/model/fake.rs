@@ -1,0 +1,70 @@
+//! A fake backend for tests of the machinery around models (registry, workers, deadlines,
+//! overload, shutdown) without libtorch. Its forward pass sums each row's features into two
+//! logits `[-sum, sum]`, optionally after sleeping, and counts its loads.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use super::{Backend, BackendFactory, DType, HostTensor, ModelSpec};
+use crate::device::Device;
+
+/// Creates [`FakeBackend`]s and counts how often it was asked to.
+#[derive(Debug, Default, Clone)]
+pub struct FakeFactory {
+    /// Loads so far, shared with the test that made the factory.
+    pub loads: Arc<AtomicUsize>,
+    /// How long each load takes.
+    pub load_delay: Duration,
+    /// How long each forward pass takes.
+    pub forward_delay: Duration,
+}
+
+/// The fake model.
+#[derive(Debug)]
+pub struct FakeBackend {
+    forward_delay: Duration,
+}
+
+impl BackendFactory for FakeFactory {
+    fn load(
+        &self,
+        _spec: &ModelSpec,
+        _device: Device,
+        _threads: usize,
+    ) -> Result<Box<dyn Backend>, String> {
+        std::thread::sleep(self.load_delay);
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        Ok(Box::new(FakeBackend {
+            forward_delay: self.forward_delay,
+        }))
+    }
+}
+
+impl Backend for FakeBackend {
+    fn forward(&mut self, inputs: Vec<HostTensor>) -> Result<Vec<HostTensor>, String> {
+        std::thread::sleep(self.forward_delay);
+        let x = inputs.first().ok_or("no input")?;
+        if x.dtype != DType::F32 || x.shape.len() != 2 {
+            return Err("fake backend takes one float32 [batch, n] input".into());
+        }
+        let values = x.to_f32();
+        let width = usize::try_from(x.shape[1]).map_err(|_| "bad width")?.max(1);
+        let logits: Vec<f32> = values
+            .chunks(width)
+            .flat_map(|row| {
+                let s: f32 = row.iter().sum();
+                [-s, s]
+            })
+            .collect();
+        Ok(vec![HostTensor::from_f32(
+            "output_0",
+            vec![x.shape[0], 2],
+            &logits,
+        )])
+    }
+
+    fn memory_bytes(&self) -> u64 {
+        0
+    }
+}

@@ -1,0 +1,411 @@
+//! Model manifests (`models/<name>/model.toml`) and the repository scan that reads them.
+//!
+//! The scan runs once at start-up and is the only place that turns names into paths: a request
+//! only ever looks names up in the scanned map, so no request can make the server read outside
+//! the model directory. Model names are checked against `^[a-z0-9][a-z0-9_.-]{0,63}$`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::DType;
+use crate::error::{Error, Result, clip};
+
+/// What a model does, which decides how requests reach it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    /// Rows of named numeric features -> class scores.
+    Tabular,
+    /// Texts -> token ids -> class scores.
+    TextClassification,
+}
+
+impl ModelKind {
+    /// The manifest spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::Tabular => "tabular",
+            ModelKind::TextClassification => "text-classification",
+        }
+    }
+}
+
+/// What the first output holds, for turning it into labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputKind {
+    /// Unnormalised scores; the server applies softmax.
+    Logits,
+    /// Already probabilities.
+    Probabilities,
+}
+
+/// One named input feature of a tabular model.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Feature {
+    /// Feature name as clients send it.
+    pub name: String,
+    /// Unit of the raw value (`years`, `mg/dL`, ...).
+    #[serde(default)]
+    pub unit: String,
+}
+
+/// One input tensor a model takes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputSpec {
+    /// Input name.
+    pub name: String,
+    /// Element type the model takes.
+    pub dtype: DType,
+    /// Dimensions; -1 is variable. The first is the batch dimension and always -1.
+    pub shape: Vec<i64>,
+    /// Tabular only: the ordered features of the last dimension.
+    pub features: Vec<Feature>,
+}
+
+/// Where a model's weights came from.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provenance {
+    /// Data set name and source.
+    #[serde(default)]
+    pub dataset: String,
+    /// How it was split for training and evaluation.
+    #[serde(default)]
+    pub split: String,
+    /// Held-out metrics.
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
+    /// Anything else worth knowing.
+    #[serde(default)]
+    pub notes: String,
+}
+
+/// A parsed, checked manifest plus where the model lives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSpec {
+    /// Model name (the directory name).
+    pub name: String,
+    /// The model's directory.
+    pub dir: PathBuf,
+    /// What the model does.
+    pub kind: ModelKind,
+    /// One line for operators.
+    pub description: String,
+    /// Output labels, in output order; empty when the model is not a classifier.
+    pub labels: Vec<String>,
+    /// How to read the first output.
+    pub output: OutputKind,
+    /// Whether NaN and Inf inputs are passed through instead of rejected.
+    pub allow_non_finite: bool,
+    /// Inputs, in the order the model's `forward` takes them.
+    pub inputs: Vec<InputSpec>,
+    /// Provenance of the weights.
+    pub provenance: Provenance,
+    /// Largest batch, in rows, the model runs at once.
+    pub max_batch_size: usize,
+    /// Keep resident once loaded.
+    pub pin: bool,
+}
+
+impl ModelSpec {
+    /// The TorchScript file.
+    pub fn model_path(&self) -> PathBuf {
+        self.dir.join("model.pt")
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    kind: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    labels: Vec<String>,
+    #[serde(default)]
+    output: Option<OutputKind>,
+    #[serde(default)]
+    allow_non_finite: bool,
+    #[serde(default)]
+    inputs: Vec<RawInput>,
+    #[serde(default)]
+    provenance: Provenance,
+    #[serde(default)]
+    batching: RawBatching,
+    #[serde(default)]
+    pin: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInput {
+    name: String,
+    dtype: String,
+    shape: Vec<i64>,
+    #[serde(default)]
+    features: Vec<Feature>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBatching {
+    #[serde(default)]
+    max_batch_size: Option<usize>,
+}
+
+/// Default largest batch when the manifest names none.
+pub const DEFAULT_MAX_BATCH_SIZE: usize = 32;
+
+/// Checks a model name before it is used for anything.
+pub fn check_model_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::EmptyModelName);
+    }
+    let b = name.as_bytes();
+    let first_ok = b[0].is_ascii_lowercase() || b[0].is_ascii_digit();
+    let rest_ok = b[1..]
+        .iter()
+        .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-'));
+    if first_ok && rest_ok && b.len() <= 64 {
+        Ok(())
+    } else {
+        Err(Error::InvalidModelName {
+            name: clip(name, 72),
+        })
+    }
+}
+
+/// Parses a manifest's text. `name` and `dir` come from the repository scan.
+pub fn parse_manifest(name: &str, dir: &Path, text: &str) -> Result<ModelSpec, String> {
+    let raw: RawManifest = toml::from_str(text).map_err(|e| e.to_string())?;
+    let kind = match raw.kind.as_str() {
+        "tabular" => ModelKind::Tabular,
+        "text-classification" => ModelKind::TextClassification,
+        other => {
+            return Err(format!(
+                "kind must be \"tabular\" or \"text-classification\", got {other:?}"
+            ));
+        }
+    };
+    if raw.inputs.is_empty() {
+        return Err("at least one [[inputs]] entry is required".into());
+    }
+    let mut inputs = Vec::with_capacity(raw.inputs.len());
+    for (i, r) in raw.inputs.into_iter().enumerate() {
+        let dtype = DType::from_name(&r.dtype)
+            .ok_or_else(|| format!("inputs[{i}].dtype {:?} is not a known dtype", r.dtype))?;
+        if r.shape.first() != Some(&-1) {
+            return Err(format!(
+                "inputs[{i}].shape must start with -1 (the batch dimension)"
+            ));
+        }
+        if r.shape.iter().skip(1).any(|&d| d == 0 || d < -1) {
+            return Err(format!(
+                "inputs[{i}].shape dimensions must be positive or -1"
+            ));
+        }
+        inputs.push(InputSpec {
+            name: r.name,
+            dtype,
+            shape: r.shape,
+            features: r.features,
+        });
+    }
+    if kind == ModelKind::Tabular {
+        let [input] = inputs.as_slice() else {
+            return Err("a tabular model takes exactly one input".into());
+        };
+        if input.shape.len() != 2 || input.shape[1] < 1 {
+            return Err("a tabular input has shape [-1, n_features]".into());
+        }
+        if input.features.len() != input.shape[1] as usize {
+            return Err(format!(
+                "a tabular input lists {} features but its shape has {}",
+                input.features.len(),
+                input.shape[1]
+            ));
+        }
+        if !input.dtype.is_float() {
+            return Err("a tabular input must be a float type".into());
+        }
+        let mut names: Vec<&str> = input.features.iter().map(|f| f.name.as_str()).collect();
+        names.sort_unstable();
+        if names.windows(2).any(|w| w[0] == w[1]) {
+            return Err("feature names must be unique".into());
+        }
+    }
+    let max_batch_size = raw
+        .batching
+        .max_batch_size
+        .unwrap_or(DEFAULT_MAX_BATCH_SIZE);
+    if max_batch_size == 0 {
+        return Err("batching.max_batch_size must be at least 1".into());
+    }
+    Ok(ModelSpec {
+        name: name.to_owned(),
+        dir: dir.to_owned(),
+        kind,
+        description: raw.description,
+        labels: raw.labels,
+        output: raw.output.unwrap_or(OutputKind::Logits),
+        allow_non_finite: raw.allow_non_finite,
+        inputs,
+        provenance: raw.provenance,
+        max_batch_size,
+        pin: raw.pin,
+    })
+}
+
+/// The scanned model repository: name -> spec, in name order.
+#[derive(Debug, Clone, Default)]
+pub struct Repository {
+    models: BTreeMap<String, Arc<ModelSpec>>,
+}
+
+impl Repository {
+    /// Reads every `<dir>/<name>/model.toml`. Folders without a manifest are skipped; a folder
+    /// whose name is not a valid model name, or whose manifest does not parse, is skipped with a
+    /// warning in the log, so one broken model never stops the others from being served.
+    pub fn scan(dir: &Path) -> std::io::Result<Self> {
+        let mut models = BTreeMap::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            let manifest = path.join("model.toml");
+            if !path.is_dir() || !manifest.is_file() {
+                continue;
+            }
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                tracing::warn!(dir = %path.display(), "skipping model folder: name is not UTF-8");
+                continue;
+            };
+            if check_model_name(&name).is_err() {
+                tracing::warn!(%name, "skipping model folder: not a valid model name");
+                continue;
+            }
+            let text = std::fs::read_to_string(&manifest)?;
+            match parse_manifest(&name, &path, &text) {
+                Ok(spec) => {
+                    models.insert(name, Arc::new(spec));
+                }
+                Err(reason) => {
+                    tracing::error!(model = %name, %reason, "skipping model: bad model.toml")
+                }
+            }
+        }
+        Ok(Repository { models })
+    }
+
+    /// A repository from specs built in code (tests).
+    pub fn from_specs(specs: impl IntoIterator<Item = ModelSpec>) -> Self {
+        Repository {
+            models: specs
+                .into_iter()
+                .map(|s| (s.name.clone(), Arc::new(s)))
+                .collect(),
+        }
+    }
+
+    /// Looks a model up by a client-supplied name; checks the name first.
+    pub fn get(&self, name: &str) -> Result<Arc<ModelSpec>> {
+        check_model_name(name)?;
+        self.models
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::ModelNotFound {
+                name: name.to_owned(),
+                available: self.names().join(", "),
+            })
+    }
+
+    /// Every model name, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.models.keys().cloned().collect()
+    }
+
+    /// Every spec, in name order.
+    pub fn specs(&self) -> impl Iterator<Item = &Arc<ModelSpec>> {
+        self.models.values()
+    }
+
+    /// Number of models.
+    pub fn len(&self) -> usize {
+        self.models.len()
+    }
+
+    /// True when there are no models.
+    pub fn is_empty(&self) -> bool {
+        self.models.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TABULAR: &str = r#"
+kind = "tabular"
+labels = ["no", "yes"]
+[[inputs]]
+name = "features"
+dtype = "float32"
+shape = [-1, 2]
+features = [{ name = "age", unit = "years" }, { name = "bmi", unit = "kg/m2" }]
+"#;
+
+    #[test]
+    fn parses_a_tabular_manifest() {
+        let spec = parse_manifest("m", Path::new("/x"), TABULAR).unwrap();
+        assert_eq!(spec.kind, ModelKind::Tabular);
+        assert_eq!(spec.inputs[0].features[1].unit, "kg/m2");
+        assert_eq!(spec.output, OutputKind::Logits);
+        assert_eq!(spec.max_batch_size, DEFAULT_MAX_BATCH_SIZE);
+    }
+
+    #[test]
+    fn rejects_inconsistent_manifests() {
+        let cases = [
+            (
+                TABULAR.replace("shape = [-1, 2]", "shape = [-1, 3]"),
+                "lists 2 features",
+            ),
+            (TABULAR.replace("tabular", "vision"), "kind must be"),
+            (TABULAR.replace("float32", "complex"), "not a known dtype"),
+            (TABULAR.replace("[-1, 2]", "[4, 2]"), "must start with -1"),
+            (TABULAR.replace("bmi", "age"), "unique"),
+            (format!("{TABULAR}\nsurprise = 1"), "unknown field"),
+        ];
+        for (text, want) in cases {
+            let err = parse_manifest("m", Path::new("/x"), &text).unwrap_err();
+            assert!(err.contains(want), "{err} should mention {want}");
+        }
+    }
+
+    #[test]
+    fn model_names_are_checked_before_use() {
+        for ok in ["a", "heart-disease", "m.v2", "x_1", &"a".repeat(64)] {
+            assert!(check_model_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "A",
+            "-a",
+            ".a",
+            "..",
+            "a/b",
+            "../etc",
+            "a b",
+            "é",
+            &"a".repeat(65),
+            &"a".repeat(200),
+        ] {
+            assert!(check_model_name(bad).is_err(), "{bad}");
+        }
+        let long = check_model_name(&"a".repeat(200)).unwrap_err().to_string();
+        assert!(long.len() < 200, "message clips the name: {long}");
+    }
+}

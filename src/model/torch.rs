@@ -1,0 +1,146 @@
+//! The libtorch backend: a TorchScript `CModule` owned by one worker thread.
+//!
+//! Every function here calls libtorch and so must only run on a worker's OS thread, never on a
+//! tokio worker. The thread sets `no_grad` and the intra-op pool size before loading.
+
+use tch::{CModule, IValue, Kind, Tensor};
+
+use super::{Backend, BackendFactory, DType, HostTensor, ModelSpec};
+use crate::device::Device;
+
+/// Loads TorchScript models with libtorch.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TorchFactory;
+
+/// A TorchScript module on one device.
+pub struct TorchBackend {
+    module: CModule,
+    device: tch::Device,
+    memory_bytes: u64,
+}
+
+impl BackendFactory for TorchFactory {
+    fn load(
+        &self,
+        spec: &ModelSpec,
+        device: Device,
+        threads: usize,
+    ) -> Result<Box<dyn Backend>, String> {
+        tch::set_num_threads(i32::try_from(threads.max(1)).unwrap_or(1));
+        let path = spec.model_path();
+        let dev = device.to_tch();
+        let mut module = CModule::load_on_device(&path, dev)
+            .map_err(|e| format!("loading {}: {e}", path.display()))?;
+        module.set_eval();
+        let memory_bytes = module
+            .named_parameters()
+            .map(|ps| ps.iter().map(|(_, t)| tensor_bytes(t)).sum())
+            .unwrap_or(0);
+        Ok(Box::new(TorchBackend {
+            module,
+            device: dev,
+            memory_bytes,
+        }))
+    }
+}
+
+fn tensor_bytes(t: &Tensor) -> u64 {
+    let elems: i64 = t.size().iter().product();
+    let size = t.f_kind().map(Kind::elt_size_in_bytes).unwrap_or(0);
+    u64::try_from(elems).unwrap_or(0) * size as u64
+}
+
+impl Backend for TorchBackend {
+    fn forward(&mut self, inputs: Vec<HostTensor>) -> Result<Vec<HostTensor>, String> {
+        let mut ivalues = Vec::with_capacity(inputs.len());
+        for input in &inputs {
+            let t = Tensor::f_from_data_size(&input.data, &input.shape, kind_of(input.dtype))
+                .and_then(|t| t.f_to_device(self.device))
+                .map_err(|e| format!("input `{}`: {e}", input.name))?;
+            ivalues.push(IValue::Tensor(t));
+        }
+        let out = self
+            .module
+            .forward_is(&ivalues)
+            .map_err(|e| e.to_string())?;
+        let tensors = match out {
+            IValue::Tensor(t) => vec![t],
+            IValue::Tuple(items) | IValue::GenericList(items) => items
+                .into_iter()
+                .map(|v| match v {
+                    IValue::Tensor(t) => Ok(t),
+                    other => Err(format!("model returned a non-tensor output: {other:?}")),
+                })
+                .collect::<Result<_, _>>()?,
+            IValue::TensorList(ts) => ts,
+            other => {
+                return Err(format!(
+                    "model returned {other:?}, expected a tensor or a tuple of tensors"
+                ));
+            }
+        };
+        tensors
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| to_host(&format!("output_{i}"), &t))
+            .collect()
+    }
+
+    fn memory_bytes(&self) -> u64 {
+        self.memory_bytes
+    }
+}
+
+fn kind_of(d: DType) -> Kind {
+    match d {
+        DType::F32 => Kind::Float,
+        DType::F64 => Kind::Double,
+        DType::F16 => Kind::Half,
+        DType::BF16 => Kind::BFloat16,
+        DType::I64 => Kind::Int64,
+        DType::I32 => Kind::Int,
+        DType::I8 => Kind::Int8,
+        DType::U8 => Kind::Uint8,
+        DType::Bool => Kind::Bool,
+    }
+}
+
+fn dtype_of(k: Kind) -> Option<DType> {
+    Some(match k {
+        Kind::Float => DType::F32,
+        Kind::Double => DType::F64,
+        Kind::Half => DType::F16,
+        Kind::BFloat16 => DType::BF16,
+        Kind::Int64 => DType::I64,
+        Kind::Int => DType::I32,
+        Kind::Int8 => DType::I8,
+        Kind::Uint8 => DType::U8,
+        Kind::Bool => DType::Bool,
+        _ => return None,
+    })
+}
+
+fn to_host(name: &str, t: &Tensor) -> Result<HostTensor, String> {
+    let err = |e: tch::TchError| format!("{name}: {e}");
+    let t = t
+        .f_to_device(tch::Device::Cpu)
+        .and_then(|t| t.f_contiguous())
+        .map_err(err)?;
+    let kind = t.f_kind().map_err(err)?;
+    let (t, dtype) = match dtype_of(kind) {
+        Some(d) => (t, d),
+        // Anything exotic is handed back as float32 rather than refused.
+        None => (t.f_to_kind(Kind::Float).map_err(err)?, DType::F32),
+    };
+    let shape = t.size();
+    let numel =
+        usize::try_from(shape.iter().product::<i64>()).map_err(|_| format!("{name}: bad shape"))?;
+    let mut data = vec![0u8; numel * dtype.size()];
+    t.f_copy_data_u8(&mut data, numel).map_err(err)?;
+    Ok(HostTensor {
+        name: name.to_owned(),
+        dtype,
+        shape,
+        data,
+    })
+}

@@ -1,0 +1,11 @@
+//! Generated protobuf and tonic code for `torchwire.v1`, plus the encoded file descriptor set
+//! that reflection serves. Only `service/` and `validate.rs` use these types; everything below
+//! them works on domain types.
+
+#![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+tonic::include_proto!("torchwire.v1");
+
+/// The encoded `FileDescriptorSet` of every torchwire proto, for tonic-reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/torchwire_descriptor.bin"));

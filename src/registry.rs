@@ -1,0 +1,405 @@
+//! The model registry: which models exist (the scanned repository), and for each (model, device)
+//! a slot that moves unloaded -> loading -> ready | failed.
+//!
+//! Loading is lazy and single-flight: the first request for a key starts one worker thread that
+//! loads the model; every concurrent request for that key waits on the same outcome. A failed
+//! load answers every waiter, records the reason, and is retried by the first request after the
+//! back-off. The state change is made by the worker thread itself, so a load finishes and is
+//! recorded even when the request that started it has gone away.
+//!
+//! A DashMap guard is never held across `.await`: the slot's `Arc` is cloned out first.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use tokio::sync::watch;
+
+use crate::device::{Device, Devices};
+use crate::error::{Error, Result};
+use crate::model::manifest::Repository;
+use crate::model::{ModelSpec, SharedFactory};
+use crate::worker::{Loaded, WorkerHandle, spawn_worker};
+
+/// Registry key: a model on a device.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ModelKey {
+    /// Model name.
+    pub model: String,
+    /// Device.
+    pub device: Device,
+}
+
+/// Settings the registry needs.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// Jobs a worker queue holds before requests are refused.
+    pub queue_capacity: usize,
+    /// libtorch intra-op threads per worker.
+    pub threads_per_worker: usize,
+    /// How long a failed load is remembered before a request may retry it.
+    pub load_retry_backoff: Duration,
+}
+
+/// A model's state on one device, as operators see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadState {
+    /// Not resident.
+    Unloaded,
+    /// A load is running.
+    Loading,
+    /// Resident and serving.
+    Ready,
+    /// The last load failed.
+    Failed,
+}
+
+/// One (model, device) as `GetModel` reports it.
+#[derive(Debug, Clone)]
+pub struct DeviceStatus {
+    /// The device.
+    pub device: Device,
+    /// Current state.
+    pub state: LoadState,
+    /// Reason of the last failure (log text, not for clients of Predict).
+    pub error: String,
+    /// Duration of the last successful load.
+    pub load_ms: u64,
+    /// Last request, unix ms; 0 = never.
+    pub last_used_unix_ms: i64,
+    /// Parameter and buffer bytes while resident.
+    pub memory_bytes: u64,
+    /// Never evicted.
+    pub pinned: bool,
+    /// Successful loads so far.
+    pub loads: u64,
+    /// Evictions so far.
+    pub evictions: u64,
+}
+
+type LoadOutcome = Option<std::result::Result<WorkerHandle, String>>;
+
+enum SlotState {
+    Unloaded,
+    /// Waiters clone the receiver and wait for `Some`.
+    Loading(watch::Receiver<LoadOutcome>),
+    Ready {
+        handle: WorkerHandle,
+        load_ms: u64,
+        memory_bytes: u64,
+    },
+    Failed {
+        reason: String,
+        at: Instant,
+    },
+}
+
+#[derive(Default)]
+struct Slot {
+    state: Mutex<Option<SlotState>>,
+    last_used_unix_ms: AtomicI64,
+    loads: AtomicU64,
+    evictions: AtomicU64,
+    pinned: AtomicBool,
+}
+
+impl Slot {
+    fn lock(&self) -> MutexGuard<'_, Option<SlotState>> {
+        // A poisoned lock only means a thread panicked mid-update; the state is still a value.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Owns every model slot and worker thread.
+pub struct ModelRegistry {
+    repo: Repository,
+    devices: Devices,
+    factory: SharedFactory,
+    config: RegistryConfig,
+    slots: DashMap<ModelKey, Arc<Slot>>,
+    /// Worker threads, joined at shutdown.
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    closed: AtomicBool,
+}
+
+fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl ModelRegistry {
+    /// A registry over `repo`, loading with `factory`.
+    pub fn new(
+        repo: Repository,
+        devices: Devices,
+        factory: SharedFactory,
+        config: RegistryConfig,
+    ) -> Self {
+        ModelRegistry {
+            repo,
+            devices,
+            factory,
+            config,
+            slots: DashMap::new(),
+            threads: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// The scanned repository.
+    pub fn repository(&self) -> &Repository {
+        &self.repo
+    }
+
+    /// The devices this server has.
+    pub fn devices(&self) -> &Devices {
+        &self.devices
+    }
+
+    /// Looks up a model by a client-supplied name.
+    pub fn spec(&self, name: &str) -> Result<Arc<ModelSpec>> {
+        self.repo.get(name)
+    }
+
+    fn slot(&self, key: &ModelKey) -> Arc<Slot> {
+        // Clone the Arc out so the shard lock is released before anything else happens.
+        Arc::clone(self.slots.entry(key.clone()).or_default().value())
+    }
+
+    /// The worker for `spec` on `device`, loading it first if needed (single flight).
+    pub async fn get_or_load(&self, spec: &Arc<ModelSpec>, device: Device) -> Result<WorkerHandle> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
+        let key = ModelKey {
+            model: spec.name.clone(),
+            device,
+        };
+        let slot = self.slot(&key);
+        slot.last_used_unix_ms
+            .store(now_unix_ms(), Ordering::Relaxed);
+        let mut rx = {
+            let mut state = slot.lock();
+            match state.as_ref() {
+                Some(SlotState::Ready { handle, .. }) => return Ok(handle.clone()),
+                Some(SlotState::Loading(rx)) => rx.clone(),
+                Some(SlotState::Failed { at, .. })
+                    if at.elapsed() < self.config.load_retry_backoff =>
+                {
+                    return Err(load_error(
+                        spec,
+                        device,
+                        "load failed recently; retry after the back-off",
+                    ));
+                }
+                _ => {
+                    let (tx, rx) = watch::channel(None);
+                    *state = Some(SlotState::Loading(rx.clone()));
+                    drop(state);
+                    self.start_load(Arc::clone(spec), device, Arc::clone(&slot), tx)?;
+                    rx
+                }
+            }
+        };
+        let outcome = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| Error::internal(format!("load of {key:?} ended without an outcome")))?
+            .clone();
+        match outcome {
+            Some(Ok(handle)) => Ok(handle),
+            Some(Err(reason)) => Err(load_error(spec, device, &reason)),
+            None => Err(Error::internal("load outcome missing")),
+        }
+    }
+
+    fn start_load(
+        &self,
+        spec: Arc<ModelSpec>,
+        device: Device,
+        slot: Arc<Slot>,
+        tx: watch::Sender<LoadOutcome>,
+    ) -> Result<()> {
+        let started = Instant::now();
+        let name = spec.name.clone();
+        let on_loaded = move |outcome: std::result::Result<Loaded, String>| {
+            let load_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let mut state = slot.lock();
+            match outcome {
+                Ok(Loaded {
+                    handle,
+                    memory_bytes,
+                }) => {
+                    tracing::info!(model = %name, %device, load_ms, memory_bytes, "model loaded");
+                    slot.loads.fetch_add(1, Ordering::Relaxed);
+                    *state = Some(SlotState::Ready {
+                        handle: handle.clone(),
+                        load_ms,
+                        memory_bytes,
+                    });
+                    tx.send_replace(Some(Ok(handle)));
+                }
+                Err(reason) => {
+                    tracing::error!(model = %name, %device, load_ms, %reason, "model failed to load");
+                    *state = Some(SlotState::Failed {
+                        reason: reason.clone(),
+                        at: Instant::now(),
+                    });
+                    tx.send_replace(Some(Err(reason)));
+                }
+            }
+        };
+        let join = spawn_worker(
+            spec,
+            device,
+            Arc::clone(&self.factory),
+            self.config.threads_per_worker,
+            self.config.queue_capacity,
+            on_loaded,
+        )
+        .map_err(|e| Error::internal(format!("spawning worker thread: {e}")))?;
+        self.threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(join);
+        Ok(())
+    }
+
+    /// The state of `spec` on every device this server has.
+    pub fn status(&self, spec: &ModelSpec) -> Vec<DeviceStatus> {
+        self.devices
+            .all()
+            .into_iter()
+            .map(|device| {
+                let key = ModelKey {
+                    model: spec.name.clone(),
+                    device,
+                };
+                let slot = self.slots.get(&key).map(|s| Arc::clone(s.value()));
+                let mut st = DeviceStatus {
+                    device,
+                    state: LoadState::Unloaded,
+                    error: String::new(),
+                    load_ms: 0,
+                    last_used_unix_ms: 0,
+                    memory_bytes: 0,
+                    pinned: spec.pin,
+                    loads: 0,
+                    evictions: 0,
+                };
+                if let Some(slot) = slot {
+                    st.last_used_unix_ms = slot.last_used_unix_ms.load(Ordering::Relaxed);
+                    st.loads = slot.loads.load(Ordering::Relaxed);
+                    st.evictions = slot.evictions.load(Ordering::Relaxed);
+                    st.pinned |= slot.pinned.load(Ordering::Relaxed);
+                    match slot.lock().as_ref() {
+                        None | Some(SlotState::Unloaded) => {}
+                        Some(SlotState::Loading(_)) => st.state = LoadState::Loading,
+                        Some(SlotState::Ready {
+                            load_ms,
+                            memory_bytes,
+                            ..
+                        }) => {
+                            st.state = LoadState::Ready;
+                            st.load_ms = *load_ms;
+                            st.memory_bytes = *memory_bytes;
+                        }
+                        Some(SlotState::Failed { reason, .. }) => {
+                            st.state = LoadState::Failed;
+                            st.error.clone_from(reason);
+                        }
+                    }
+                }
+                st
+            })
+            .collect()
+    }
+
+    /// Stops taking work, drops every worker handle so the threads finish their queues and
+    /// exit, and joins them. Blocking: call from `spawn_blocking` or a plain thread.
+    pub fn shutdown(&self) {
+        self.closed.store(true, Ordering::Release);
+        for slot in self.slots.iter() {
+            *slot.value().lock() = Some(SlotState::Unloaded);
+        }
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in threads {
+            let name = t.thread().name().unwrap_or("worker").to_owned();
+            if t.join().is_err() {
+                tracing::error!(thread = %name, "worker thread panicked");
+            }
+        }
+    }
+}
+
+fn load_error(spec: &ModelSpec, device: Device, reason: &str) -> Error {
+    Error::ModelLoad {
+        model: spec.name.clone(),
+        device: device.to_string(),
+        detail: reason.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::fake::FakeFactory;
+    use crate::model::manifest::parse_manifest;
+    use std::path::Path;
+
+    fn registry(factory: FakeFactory) -> ModelRegistry {
+        let spec = parse_manifest(
+            "m",
+            Path::new("/nonexistent"),
+            "kind = \"tabular\"\n[[inputs]]\nname = \"x\"\ndtype = \"float32\"\nshape = [-1, 1]\nfeatures = [{ name = \"a\" }]\n",
+        )
+        .unwrap();
+        ModelRegistry::new(
+            Repository::from_specs([spec]),
+            Devices::cpu_only(),
+            Arc::new(factory),
+            RegistryConfig {
+                queue_capacity: 4,
+                threads_per_worker: 1,
+                load_retry_backoff: Duration::from_secs(5),
+            },
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_first_requests_share_one_load() {
+        let factory = FakeFactory {
+            load_delay: Duration::from_millis(100),
+            ..FakeFactory::default()
+        };
+        let loads = Arc::clone(&factory.loads);
+        let reg = Arc::new(registry(factory));
+        let spec = reg.spec("m").unwrap();
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let reg = Arc::clone(&reg);
+                let spec = Arc::clone(&spec);
+                tokio::spawn(async move { reg.get_or_load(&spec, Device::Cpu).await.map(|_| ()) })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        let st = &reg.status(&spec)[0];
+        assert_eq!(st.state, LoadState::Ready);
+        assert_eq!(st.loads, 1);
+        let reg2 = Arc::clone(&reg);
+        tokio::task::spawn_blocking(move || reg2.shutdown())
+            .await
+            .unwrap();
+        assert!(matches!(
+            reg.get_or_load(&spec, Device::Cpu).await,
+            Err(Error::ShuttingDown)
+        ));
+    }
+}

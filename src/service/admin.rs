@@ -1,0 +1,152 @@
+//! `torchwire.v1.Admin`: the repository and each model's per-device state. LoadModel,
+//! UnloadModel and ResetStats land with the lifecycle and observability issues.
+
+use tonic::{Request, Response, Status};
+
+use super::{SharedState, boundary};
+use crate::error::{Error, Result};
+use crate::model::{InputSpec, ModelSpec};
+use crate::proto::{self, admin_server::Admin};
+use crate::registry::{DeviceStatus, LoadState};
+
+/// The Admin service.
+pub struct AdminService {
+    state: SharedState,
+}
+
+impl AdminService {
+    /// A service over the shared state.
+    pub fn new(state: SharedState) -> Self {
+        AdminService { state }
+    }
+
+    fn info(&self, spec: &ModelSpec) -> proto::ModelInfo {
+        model_info(spec, &self.state.registry.status(spec))
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn list_models(
+        &self,
+        req: Request<proto::ListModelsRequest>,
+    ) -> Result<Response<proto::ListModelsResponse>, Status> {
+        let deadline = self.state.deadline(&req);
+        let models = self
+            .state
+            .registry
+            .repository()
+            .specs()
+            .map(|s| self.info(s))
+            .collect();
+        boundary(&self.state, "ListModels", deadline, async {
+            Ok(proto::ListModelsResponse { models })
+        })
+        .await
+    }
+
+    async fn get_model(
+        &self,
+        req: Request<proto::GetModelRequest>,
+    ) -> Result<Response<proto::ModelInfo>, Status> {
+        let deadline = self.state.deadline(&req);
+        let result = self
+            .state
+            .registry
+            .spec(&req.get_ref().model)
+            .map(|s| self.info(&s));
+        boundary(&self.state, "GetModel", deadline, async { result }).await
+    }
+
+    async fn load_model(
+        &self,
+        req: Request<proto::LoadModelRequest>,
+    ) -> Result<Response<proto::ModelInfo>, Status> {
+        let deadline = self.state.deadline(&req);
+        boundary(&self.state, "LoadModel", deadline, async {
+            Err(Error::Unimplemented { rpc: "LoadModel" })
+        })
+        .await
+    }
+
+    async fn unload_model(
+        &self,
+        req: Request<proto::UnloadModelRequest>,
+    ) -> Result<Response<proto::ModelInfo>, Status> {
+        let deadline = self.state.deadline(&req);
+        boundary(&self.state, "UnloadModel", deadline, async {
+            Err(Error::Unimplemented { rpc: "UnloadModel" })
+        })
+        .await
+    }
+
+    async fn reset_stats(
+        &self,
+        req: Request<proto::ResetStatsRequest>,
+    ) -> Result<Response<proto::ResetStatsResponse>, Status> {
+        let deadline = self.state.deadline(&req);
+        boundary(&self.state, "ResetStats", deadline, async {
+            Err(Error::Unimplemented { rpc: "ResetStats" })
+        })
+        .await
+    }
+}
+
+/// A model's manifest and per-device state in proto form.
+pub fn model_info(spec: &ModelSpec, devices: &[DeviceStatus]) -> proto::ModelInfo {
+    proto::ModelInfo {
+        name: spec.name.clone(),
+        kind: spec.kind.name().to_owned(),
+        description: spec.description.clone(),
+        inputs: spec.inputs.iter().map(input_spec).collect(),
+        labels: spec.labels.clone(),
+        provenance: Some(proto::Provenance {
+            dataset: spec.provenance.dataset.clone(),
+            split: spec.provenance.split.clone(),
+            metrics: spec
+                .provenance
+                .metrics
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+            notes: spec.provenance.notes.clone(),
+        }),
+        devices: devices.iter().map(device_state).collect(),
+    }
+}
+
+fn input_spec(i: &InputSpec) -> proto::InputSpec {
+    proto::InputSpec {
+        name: i.name.clone(),
+        dtype: proto::DataType::from(i.dtype) as i32,
+        shape: i.shape.clone(),
+        features: i
+            .features
+            .iter()
+            .map(|f| proto::Feature {
+                name: f.name.clone(),
+                unit: f.unit.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn device_state(d: &DeviceStatus) -> proto::DeviceState {
+    let state = match d.state {
+        LoadState::Unloaded => proto::ModelState::Unloaded,
+        LoadState::Loading => proto::ModelState::Loading,
+        LoadState::Ready => proto::ModelState::Ready,
+        LoadState::Failed => proto::ModelState::Failed,
+    };
+    proto::DeviceState {
+        device: d.device.to_string(),
+        state: state as i32,
+        error: d.error.clone(),
+        load_ms: i64::try_from(d.load_ms).unwrap_or(i64::MAX),
+        last_used_unix_ms: d.last_used_unix_ms,
+        memory_bytes: d.memory_bytes,
+        pinned: d.pinned,
+        loads: d.loads,
+        evictions: d.evictions,
+    }
+}

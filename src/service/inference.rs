@@ -1,0 +1,131 @@
+//! `torchwire.v1.Inference`: Predict (Sentiment and Stats land with their issues).
+//!
+//! A Predict goes: model name -> spec, device -> resolved device, request -> validated inputs,
+//! then the (model, device) worker, loaded on first use; the answer comes back on a oneshot.
+
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+use tonic::{Request, Response, Status};
+
+use super::{SharedState, boundary};
+use crate::batch::Job;
+use crate::deadline::Deadline;
+use crate::device::DeviceRequest;
+use crate::error::{Error, Result};
+use crate::model::ModelSpec;
+use crate::proto::{self, inference_server::Inference};
+use crate::validate;
+
+/// The Inference service.
+pub struct InferenceService {
+    state: SharedState,
+}
+
+impl InferenceService {
+    /// A service over the shared state.
+    pub fn new(state: SharedState) -> Self {
+        InferenceService { state }
+    }
+}
+
+#[tonic::async_trait]
+impl Inference for InferenceService {
+    async fn predict(
+        &self,
+        req: Request<proto::PredictRequest>,
+    ) -> Result<Response<proto::PredictResponse>, Status> {
+        let deadline = self.state.deadline(&req);
+        boundary(
+            &self.state,
+            "Predict",
+            deadline,
+            predict(&self.state, req.into_inner(), deadline),
+        )
+        .await
+    }
+
+    async fn sentiment(
+        &self,
+        req: Request<proto::SentimentRequest>,
+    ) -> Result<Response<proto::SentimentResponse>, Status> {
+        let deadline = self.state.deadline(&req);
+        boundary(&self.state, "Sentiment", deadline, async {
+            Err(Error::Unimplemented { rpc: "Sentiment" })
+        })
+        .await
+    }
+
+    async fn stats(
+        &self,
+        req: Request<proto::StatsRequest>,
+    ) -> Result<Response<proto::StatsResponse>, Status> {
+        let deadline = self.state.deadline(&req);
+        boundary(&self.state, "Stats", deadline, async {
+            Err(Error::Unimplemented { rpc: "Stats" })
+        })
+        .await
+    }
+}
+
+async fn predict(
+    state: &SharedState,
+    req: proto::PredictRequest,
+    deadline: Deadline,
+) -> Result<proto::PredictResponse> {
+    let arrived = Instant::now();
+    let spec = state.registry.spec(&req.model)?;
+    let device = state
+        .registry
+        .devices()
+        .resolve(DeviceRequest::parse(&req.device)?)?;
+    let inputs = validate::predict_inputs(&spec, &req, state.config.limits)?;
+    let worker = state.registry.get_or_load(&spec, device).await?;
+    let (reply, answer) = oneshot::channel();
+    worker.submit(Job {
+        inputs: inputs.tensors,
+        rows: inputs.rows,
+        deadline,
+        enqueued: Instant::now(),
+        reply,
+    })?;
+    let out = answer
+        .await
+        .map_err(|_| Error::internal("worker dropped a job without answering"))??;
+    Ok(proto::PredictResponse {
+        model: spec.name.clone(),
+        device: device.to_string(),
+        predictions: out
+            .predictions
+            .iter()
+            .map(|p| classification(&spec, p))
+            .collect(),
+        outputs: out.outputs.into_iter().map(proto::Tensor::from).collect(),
+        timing: Some(proto::Timing {
+            queue_us: micros(out.queue),
+            compute_us: micros(out.compute),
+            total_us: micros(arrived.elapsed()),
+            batch_size: i32::try_from(out.batch_size).unwrap_or(i32::MAX),
+        }),
+    })
+}
+
+fn micros(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// A prediction with the manifest's label names.
+fn classification(spec: &ModelSpec, p: &crate::model::Prediction) -> proto::Classification {
+    let label = |i: usize| spec.labels.get(i).cloned().unwrap_or_else(|| i.to_string());
+    proto::Classification {
+        label: label(p.index),
+        label_index: i32::try_from(p.index).unwrap_or(i32::MAX),
+        score: p.score,
+        probabilities: p
+            .probabilities
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (label(i), *v))
+            .collect(),
+    }
+}
