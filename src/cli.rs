@@ -73,6 +73,9 @@ pub struct ServeArgs {
     /// Use the CPU only, even when libtorch sees a GPU.
     #[arg(long, env = "TORCHWIRE_CPU_ONLY")]
     pub cpu_only: bool,
+    /// Concurrent HTTP/2 streams (in-flight RPCs) per client connection.
+    #[arg(long, env = "TORCHWIRE_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
+    pub max_concurrent_streams: u32,
 }
 
 /// Flags shared by the client commands.
@@ -123,12 +126,10 @@ impl TryFrom<ServeArgs> for Config {
             queue_capacity: a.queue_capacity,
             intra_op_threads: a.intra_op_threads,
             load_retry_backoff: Duration::from_secs(a.load_retry_backoff_secs),
-            limits: Limits {
-                max_tensor_elements: a.max_tensor_elements,
-                max_rows: a.max_rows,
-            },
+            limits: Limits { max_tensor_elements: a.max_tensor_elements, max_rows: a.max_rows },
             shutdown_grace: Duration::from_secs(a.shutdown_grace_secs),
             cpu_only: a.cpu_only,
+            max_concurrent_streams: a.max_concurrent_streams,
         })
     }
 }
@@ -140,9 +141,7 @@ mod tests {
     #[test]
     fn defaults_parse_into_a_valid_config() {
         let cli = Cli::try_parse_from(["torchwire", "serve"]).unwrap();
-        let Command::Serve(args) = cli.command else {
-            panic!("serve expected")
-        };
+        let Command::Serve(args) = cli.command else { panic!("serve expected") };
         let c = Config::try_from(args).unwrap();
         assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:50051");
         assert_eq!(c.default_timeout, Duration::from_secs(30));
@@ -151,13 +150,7 @@ mod tests {
     #[test]
     fn zero_queue_is_refused() {
         let cli = Cli::try_parse_from(["torchwire", "serve", "--queue-capacity", "0"]).unwrap();
-        let Command::Serve(args) = cli.command else {
-            panic!("serve expected")
-        };
-        assert!(
-            Config::try_from(args)
-                .unwrap_err()
-                .contains("--queue-capacity")
-        );
+        let Command::Serve(args) = cli.command else { panic!("serve expected") };
+        assert!(Config::try_from(args).unwrap_err().contains("--queue-capacity"));
     }
 }

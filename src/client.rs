@@ -12,9 +12,8 @@ use crate::proto::{self, ListModelsRequest, PredictRequest};
 
 /// `torchwire models`: one line per model and device.
 pub async fn models(args: ClientArgs) -> anyhow::Result<()> {
-    let mut client = AdminClient::connect(args.addr.clone())
-        .await
-        .with_context(|| format!("connecting to {}", args.addr))?;
+    let mut client =
+        AdminClient::connect(args.addr.clone()).await.with_context(|| format!("connecting to {}", args.addr))?;
     let list = client.list_models(ListModelsRequest {}).await?.into_inner();
     for m in list.models {
         let states: Vec<String> = m
@@ -24,19 +23,11 @@ pub async fn models(args: ClientArgs) -> anyhow::Result<()> {
                 format!(
                     "{}={}",
                     d.device,
-                    proto::ModelState::try_from(d.state)
-                        .map_or("?", |s| s.as_str_name())
-                        .to_lowercase()
+                    proto::ModelState::try_from(d.state).map_or("?", |s| s.as_str_name()).to_lowercase()
                 )
             })
             .collect();
-        println!(
-            "{:<24} {:<20} {}  {}",
-            m.name,
-            m.kind,
-            states.join(" "),
-            m.description
-        );
+        println!("{:<24} {:<20} {}  {}", m.name, m.kind, states.join(" "), m.description);
     }
     Ok(())
 }
@@ -45,13 +36,8 @@ pub async fn models(args: ClientArgs) -> anyhow::Result<()> {
 pub fn parse_row(s: &str) -> anyhow::Result<proto::Row> {
     let mut features = HashMap::new();
     for part in s.split(',').filter(|p| !p.trim().is_empty()) {
-        let Some((k, v)) = part.split_once('=') else {
-            bail!("expected name=value, got {part:?}")
-        };
-        let v: f64 = v
-            .trim()
-            .parse()
-            .with_context(|| format!("{k}: not a number: {v:?}"))?;
+        let Some((k, v)) = part.split_once('=') else { bail!("expected name=value, got {part:?}") };
+        let v: f64 = v.trim().parse().with_context(|| format!("{k}: not a number: {v:?}"))?;
         features.insert(k.trim().to_owned(), v);
     }
     Ok(proto::Row { features })
@@ -59,21 +45,12 @@ pub fn parse_row(s: &str) -> anyhow::Result<proto::Row> {
 
 /// `torchwire predict`: prints each row's label and probabilities.
 pub async fn predict(args: PredictArgs) -> anyhow::Result<()> {
-    let rows = args
-        .rows
-        .iter()
-        .map(|r| parse_row(r))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let rows = args.rows.iter().map(|r| parse_row(r)).collect::<anyhow::Result<Vec<_>>>()?;
     let mut client = InferenceClient::connect(args.client.addr.clone())
         .await
         .with_context(|| format!("connecting to {}", args.client.addr))?;
     let resp = client
-        .predict(PredictRequest {
-            model: args.model,
-            device: args.device,
-            rows,
-            inputs: vec![],
-        })
+        .predict(PredictRequest { model: args.model, device: args.device, rows, inputs: vec![] })
         .await?
         .into_inner();
     for (i, p) in resp.predictions.iter().enumerate() {

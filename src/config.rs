@@ -43,6 +43,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Ignore GPUs even when libtorch sees them.
     pub cpu_only: bool,
+    /// Concurrent HTTP/2 streams per client connection.
+    pub max_concurrent_streams: u32,
 }
 
 impl Config {
@@ -58,12 +60,10 @@ impl Config {
             queue_capacity: 64,
             intra_op_threads: 1,
             load_retry_backoff: Duration::from_secs(5),
-            limits: Limits {
-                max_tensor_elements: 1 << 24,
-                max_rows: 4096,
-            },
+            limits: Limits { max_tensor_elements: 1 << 24, max_rows: 4096 },
             shutdown_grace: Duration::from_secs(5),
             cpu_only: true,
+            max_concurrent_streams: 256,
         }
     }
 

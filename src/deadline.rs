@@ -16,16 +16,13 @@ pub struct Deadline {
 impl Deadline {
     /// A deadline `timeout` from now.
     pub fn after(timeout: Duration) -> Self {
-        Deadline {
-            at: Instant::now() + timeout,
-        }
+        Deadline { at: Instant::now() + timeout }
     }
 
-    /// The deadline for a request that carried `grpc_timeout` (the header's raw value, if any).
-    /// A missing or malformed header gets `default`; anything is capped at `max`.
-    pub fn from_header(grpc_timeout: Option<&str>, default: Duration, max: Duration) -> Self {
-        let asked = grpc_timeout.and_then(parse_grpc_timeout).unwrap_or(default);
-        Deadline::after(asked.min(max))
+    /// The deadline of a request that arrived at `arrived` asking for `asked` (its parsed
+    /// `grpc-timeout`, if any): `default` when it asked for nothing, capped at `max`.
+    pub fn for_call(arrived: Instant, asked: Option<Duration>, default: Duration, max: Duration) -> Self {
+        Deadline { at: arrived + asked.unwrap_or(default).min(max) }
     }
 
     /// The instant itself.
@@ -73,52 +70,28 @@ mod tests {
         assert_eq!(parse_grpc_timeout("3M"), Some(Duration::from_secs(180)));
         assert_eq!(parse_grpc_timeout("10S"), Some(Duration::from_secs(10)));
         assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(
-            parse_grpc_timeout("99999999u"),
-            Some(Duration::from_micros(99_999_999))
-        );
+        assert_eq!(parse_grpc_timeout("99999999u"), Some(Duration::from_micros(99_999_999)));
         assert_eq!(parse_grpc_timeout("5n"), Some(Duration::from_nanos(5)));
     }
 
     #[test]
     fn rejects_malformed_values() {
-        for bad in [
-            "",
-            "S",
-            "100",
-            "123456789S",
-            "-1S",
-            "1.5S",
-            "10s",
-            "10é",
-            "é",
-            "1 S",
-        ] {
+        for bad in ["", "S", "100", "123456789S", "-1S", "1.5S", "10s", "10é", "é", "1 S"] {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
         }
     }
 
     #[test]
     fn default_applies_and_max_caps() {
-        let d = Deadline::from_header(None, Duration::from_secs(30), Duration::from_secs(60));
-        assert!(
-            d.remaining() > Duration::from_secs(29) && d.remaining() <= Duration::from_secs(30)
+        let now = Instant::now();
+        let (default, max) = (Duration::from_secs(30), Duration::from_secs(60));
+        assert_eq!(Deadline::for_call(now, None, default, max).at(), now + default);
+        assert_eq!(Deadline::for_call(now, parse_grpc_timeout("10H"), default, max).at(), now + max);
+        assert_eq!(
+            Deadline::for_call(now, parse_grpc_timeout("250m"), default, max).at(),
+            now + Duration::from_millis(250)
         );
-        let d = Deadline::from_header(
-            Some("10H"),
-            Duration::from_secs(30),
-            Duration::from_secs(60),
-        );
-        assert!(
-            d.remaining() <= Duration::from_secs(60) && d.remaining() > Duration::from_secs(59)
-        );
-        let d = Deadline::from_header(
-            Some("junk"),
-            Duration::from_secs(30),
-            Duration::from_secs(60),
-        );
-        assert!(d.remaining() > Duration::from_secs(29));
-        assert!(!d.is_expired());
+        assert!(!Deadline::for_call(now, None, default, max).is_expired());
         assert!(Deadline::after(Duration::ZERO).is_expired());
     }
 }

@@ -68,9 +68,7 @@ impl DeviceRequest {
         {
             return Ok(DeviceRequest::Exact(Device::Cuda(i)));
         }
-        Err(Error::InvalidDevice {
-            device: clip(s, 32),
-        })
+        Err(Error::InvalidDevice { device: clip(s, 32) })
     }
 }
 
@@ -83,11 +81,7 @@ pub struct Devices {
 impl Devices {
     /// Asks libtorch how many CUDA devices there are. Blocking libtorch call.
     pub fn detect() -> Self {
-        let gpus = if tch::Cuda::is_available() {
-            usize::try_from(tch::Cuda::device_count()).unwrap_or(0)
-        } else {
-            0
-        };
+        let gpus = if tch::Cuda::is_available() { usize::try_from(tch::Cuda::device_count()).unwrap_or(0) } else { 0 };
         Devices { gpus }
     }
 
@@ -98,9 +92,7 @@ impl Devices {
 
     /// Every device, CPU first.
     pub fn all(&self) -> Vec<Device> {
-        std::iter::once(Device::Cpu)
-            .chain((0..self.gpus).map(Device::Cuda))
-            .collect()
+        std::iter::once(Device::Cpu).chain((0..self.gpus).map(Device::Cuda)).collect()
     }
 
     /// Number of CUDA devices.
@@ -113,17 +105,10 @@ impl Devices {
         match req {
             DeviceRequest::Auto if self.gpus > 0 => Ok(Device::Cuda(0)),
             DeviceRequest::Auto => Ok(Device::Cpu),
-            DeviceRequest::Exact(Device::Cuda(i)) if i >= self.gpus => {
-                Err(Error::DeviceUnavailable {
-                    device: Device::Cuda(i).to_string(),
-                    available: self
-                        .all()
-                        .iter()
-                        .map(Device::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                })
-            }
+            DeviceRequest::Exact(Device::Cuda(i)) if i >= self.gpus => Err(Error::DeviceUnavailable {
+                device: Device::Cuda(i).to_string(),
+                available: self.all().iter().map(Device::to_string).collect::<Vec<_>>().join(", "),
+            }),
             DeviceRequest::Exact(d) => Ok(d),
         }
     }
@@ -137,14 +122,8 @@ mod tests {
     fn parses_device_strings() {
         assert_eq!(DeviceRequest::parse("").unwrap(), DeviceRequest::Auto);
         assert_eq!(DeviceRequest::parse("AUTO").unwrap(), DeviceRequest::Auto);
-        assert_eq!(
-            DeviceRequest::parse("cpu").unwrap(),
-            DeviceRequest::Exact(Device::Cpu)
-        );
-        assert_eq!(
-            DeviceRequest::parse("cuda:2").unwrap(),
-            DeviceRequest::Exact(Device::Cuda(2))
-        );
+        assert_eq!(DeviceRequest::parse("cpu").unwrap(), DeviceRequest::Exact(Device::Cpu));
+        assert_eq!(DeviceRequest::parse("cuda:2").unwrap(), DeviceRequest::Exact(Device::Cuda(2)));
         for bad in ["tpu", "cuda:", "cuda:-1", "cuda:99999", "cuda:1x", "cpu0"] {
             let err = DeviceRequest::parse(bad).unwrap_err();
             assert!(matches!(err, Error::InvalidDevice { .. }), "{bad}");
@@ -155,9 +134,7 @@ mod tests {
     fn missing_gpu_is_failed_precondition_naming_the_devices() {
         let d = Devices::cpu_only();
         assert_eq!(d.resolve(DeviceRequest::Auto).unwrap(), Device::Cpu);
-        let err = d
-            .resolve(DeviceRequest::Exact(Device::Cuda(0)))
-            .unwrap_err();
+        let err = d.resolve(DeviceRequest::Exact(Device::Cuda(0))).unwrap_err();
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);
         assert!(err.to_string().contains("available devices: cpu"), "{err}");
     }

@@ -106,17 +106,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// Builds an [`Error::InvalidInput`].
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::InvalidInput {
-            field: field.into(),
-            reason: reason.into(),
-        }
+        Error::InvalidInput { field: field.into(), reason: reason.into() }
     }
 
     /// Builds an [`Error::Internal`].
     pub fn internal(detail: impl Into<String>) -> Self {
-        Error::Internal {
-            detail: detail.into(),
-        }
+        Error::Internal { detail: detail.into() }
     }
 
     /// The gRPC code this error answers with.
@@ -132,9 +127,7 @@ impl Error {
             Error::QueueFull { .. } => Code::ResourceExhausted,
             Error::DeadlineExceeded { .. } => Code::DeadlineExceeded,
             Error::ShuttingDown => Code::Unavailable,
-            Error::ModelLoad { .. } | Error::Forward { .. } | Error::Internal { .. } => {
-                Code::Internal
-            }
+            Error::ModelLoad { .. } | Error::Forward { .. } | Error::Internal { .. } => Code::Internal,
         }
     }
 
@@ -182,51 +175,16 @@ mod tests {
         let table = [
             (Error::EmptyModelName, Code::InvalidArgument),
             (Error::InvalidModelName { name: s() }, Code::InvalidArgument),
-            (
-                Error::ModelNotFound {
-                    name: s(),
-                    available: s(),
-                },
-                Code::NotFound,
-            ),
+            (Error::ModelNotFound { name: s(), available: s() }, Code::NotFound),
             (Error::InvalidDevice { device: s() }, Code::InvalidArgument),
-            (
-                Error::DeviceUnavailable {
-                    device: s(),
-                    available: s(),
-                },
-                Code::FailedPrecondition,
-            ),
+            (Error::DeviceUnavailable { device: s(), available: s() }, Code::FailedPrecondition),
             (Error::invalid("f", "r"), Code::InvalidArgument),
             (Error::Unimplemented { rpc: "Stats" }, Code::Unimplemented),
-            (
-                Error::QueueFull {
-                    model: s(),
-                    device: s(),
-                    capacity: 1,
-                },
-                Code::ResourceExhausted,
-            ),
-            (
-                Error::DeadlineExceeded { stage: "queued" },
-                Code::DeadlineExceeded,
-            ),
+            (Error::QueueFull { model: s(), device: s(), capacity: 1 }, Code::ResourceExhausted),
+            (Error::DeadlineExceeded { stage: "queued" }, Code::DeadlineExceeded),
             (Error::ShuttingDown, Code::Unavailable),
-            (
-                Error::ModelLoad {
-                    model: s(),
-                    device: s(),
-                    detail: s(),
-                },
-                Code::Internal,
-            ),
-            (
-                Error::Forward {
-                    model: s(),
-                    detail: s(),
-                },
-                Code::Internal,
-            ),
+            (Error::ModelLoad { model: s(), device: s(), detail: s() }, Code::Internal),
+            (Error::Forward { model: s(), detail: s() }, Code::Internal),
             (Error::internal("x"), Code::Internal),
         ];
         for (err, code) in table {
@@ -244,11 +202,7 @@ mod tests {
             detail: "open /secret/path/model.pt: no such file".into(),
         };
         let status = Status::from(err);
-        assert!(
-            !status.message().contains("/secret"),
-            "{}",
-            status.message()
-        );
+        assert!(!status.message().contains("/secret"), "{}", status.message());
         assert!(status.message().contains("`m`"));
     }
 

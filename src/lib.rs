@@ -32,5 +32,6 @@ pub mod server;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+pub mod transport;
 pub mod validate;
 pub mod worker;

@@ -6,9 +6,7 @@ use torchwire::config::{Config, LogFormat};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Serve(args) => {
             let config = Config::try_from(args).map_err(anyhow::Error::msg)?;

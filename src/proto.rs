@@ -7,5 +7,4 @@
 tonic::include_proto!("torchwire.v1");
 
 /// The encoded `FileDescriptorSet` of every torchwire proto, for tonic-reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/torchwire_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/torchwire_descriptor.bin"));

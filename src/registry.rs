@@ -125,20 +125,12 @@ pub struct ModelRegistry {
 }
 
 fn now_unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0)
 }
 
 impl ModelRegistry {
     /// A registry over `repo`, loading with `factory`.
-    pub fn new(
-        repo: Repository,
-        devices: Devices,
-        factory: SharedFactory,
-        config: RegistryConfig,
-    ) -> Self {
+    pub fn new(repo: Repository, devices: Devices, factory: SharedFactory, config: RegistryConfig) -> Self {
         ModelRegistry {
             repo,
             devices,
@@ -175,26 +167,16 @@ impl ModelRegistry {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }
-        let key = ModelKey {
-            model: spec.name.clone(),
-            device,
-        };
+        let key = ModelKey { model: spec.name.clone(), device };
         let slot = self.slot(&key);
-        slot.last_used_unix_ms
-            .store(now_unix_ms(), Ordering::Relaxed);
+        slot.last_used_unix_ms.store(now_unix_ms(), Ordering::Relaxed);
         let mut rx = {
             let mut state = slot.lock();
             match state.as_ref() {
                 Some(SlotState::Ready { handle, .. }) => return Ok(handle.clone()),
                 Some(SlotState::Loading(rx)) => rx.clone(),
-                Some(SlotState::Failed { at, .. })
-                    if at.elapsed() < self.config.load_retry_backoff =>
-                {
-                    return Err(load_error(
-                        spec,
-                        device,
-                        "load failed recently; retry after the back-off",
-                    ));
+                Some(SlotState::Failed { at, .. }) if at.elapsed() < self.config.load_retry_backoff => {
+                    return Err(load_error(spec, device, "load failed recently; retry after the back-off"));
                 }
                 _ => {
                     let (tx, rx) = watch::channel(None);
@@ -230,25 +212,15 @@ impl ModelRegistry {
             let load_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             let mut state = slot.lock();
             match outcome {
-                Ok(Loaded {
-                    handle,
-                    memory_bytes,
-                }) => {
+                Ok(Loaded { handle, memory_bytes }) => {
                     tracing::info!(model = %name, %device, load_ms, memory_bytes, "model loaded");
                     slot.loads.fetch_add(1, Ordering::Relaxed);
-                    *state = Some(SlotState::Ready {
-                        handle: handle.clone(),
-                        load_ms,
-                        memory_bytes,
-                    });
+                    *state = Some(SlotState::Ready { handle: handle.clone(), load_ms, memory_bytes });
                     tx.send_replace(Some(Ok(handle)));
                 }
                 Err(reason) => {
                     tracing::error!(model = %name, %device, load_ms, %reason, "model failed to load");
-                    *state = Some(SlotState::Failed {
-                        reason: reason.clone(),
-                        at: Instant::now(),
-                    });
+                    *state = Some(SlotState::Failed { reason: reason.clone(), at: Instant::now() });
                     tx.send_replace(Some(Err(reason)));
                 }
             }
@@ -262,10 +234,7 @@ impl ModelRegistry {
             on_loaded,
         )
         .map_err(|e| Error::internal(format!("spawning worker thread: {e}")))?;
-        self.threads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(join);
+        self.threads.lock().unwrap_or_else(|p| p.into_inner()).push(join);
         Ok(())
     }
 
@@ -275,10 +244,7 @@ impl ModelRegistry {
             .all()
             .into_iter()
             .map(|device| {
-                let key = ModelKey {
-                    model: spec.name.clone(),
-                    device,
-                };
+                let key = ModelKey { model: spec.name.clone(), device };
                 let slot = self.slots.get(&key).map(|s| Arc::clone(s.value()));
                 let mut st = DeviceStatus {
                     device,
@@ -299,11 +265,7 @@ impl ModelRegistry {
                     match slot.lock().as_ref() {
                         None | Some(SlotState::Unloaded) => {}
                         Some(SlotState::Loading(_)) => st.state = LoadState::Loading,
-                        Some(SlotState::Ready {
-                            load_ms,
-                            memory_bytes,
-                            ..
-                        }) => {
+                        Some(SlotState::Ready { load_ms, memory_bytes, .. }) => {
                             st.state = LoadState::Ready;
                             st.load_ms = *load_ms;
                             st.memory_bytes = *memory_bytes;
@@ -337,11 +299,7 @@ impl ModelRegistry {
 }
 
 fn load_error(spec: &ModelSpec, device: Device, reason: &str) -> Error {
-    Error::ModelLoad {
-        model: spec.name.clone(),
-        device: device.to_string(),
-        detail: reason.to_owned(),
-    }
+    Error::ModelLoad { model: spec.name.clone(), device: device.to_string(), detail: reason.to_owned() }
 }
 
 #[cfg(test)]
@@ -362,20 +320,13 @@ mod tests {
             Repository::from_specs([spec]),
             Devices::cpu_only(),
             Arc::new(factory),
-            RegistryConfig {
-                queue_capacity: 4,
-                threads_per_worker: 1,
-                load_retry_backoff: Duration::from_secs(5),
-            },
+            RegistryConfig { queue_capacity: 4, threads_per_worker: 1, load_retry_backoff: Duration::from_secs(5) },
         )
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_first_requests_share_one_load() {
-        let factory = FakeFactory {
-            load_delay: Duration::from_millis(100),
-            ..FakeFactory::default()
-        };
+        let factory = FakeFactory { load_delay: Duration::from_millis(100), ..FakeFactory::default() };
         let loads = Arc::clone(&factory.loads);
         let reg = Arc::new(registry(factory));
         let spec = reg.spec("m").unwrap();
@@ -394,12 +345,7 @@ mod tests {
         assert_eq!(st.state, LoadState::Ready);
         assert_eq!(st.loads, 1);
         let reg2 = Arc::clone(&reg);
-        tokio::task::spawn_blocking(move || reg2.shutdown())
-            .await
-            .unwrap();
-        assert!(matches!(
-            reg.get_or_load(&spec, Device::Cpu).await,
-            Err(Error::ShuttingDown)
-        ));
+        tokio::task::spawn_blocking(move || reg2.shutdown()).await.unwrap();
+        assert!(matches!(reg.get_or_load(&spec, Device::Cpu).await, Err(Error::ShuttingDown)));
     }
 }

@@ -6,9 +6,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
+use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -23,13 +22,10 @@ use crate::registry::{ModelRegistry, RegistryConfig};
 use crate::service::admin::AdminService;
 use crate::service::inference::InferenceService;
 use crate::service::{AppState, SharedState};
+use crate::transport::{self, TransportConfig};
 
 /// Serves the models in `config.model_dir` with libtorch until `shutdown` is cancelled.
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     run_with_factory(config, listener, shutdown, Arc::new(TorchFactory)).await
 }
 
@@ -60,37 +56,21 @@ pub async fn run_with_factory(
     let addr = listener.local_addr().context("listener address")?;
     tracing::info!(%addr, models = registry.repository().len(), model_dir = %config.model_dir.display(), "serving gRPC");
 
-    let drain = {
-        let shutdown = shutdown.clone();
-        let health = health.clone();
-        async move {
-            shutdown.cancelled().await;
-            set_health(&health, ServingStatus::NotServing).await;
-            tracing::info!("draining: no new connections, finishing in-flight requests");
-        }
+    let drain = async {
+        set_health(&health, ServingStatus::NotServing).await;
+        tracing::info!("draining: no new connections, finishing in-flight requests");
     };
-    let server = Server::builder()
-        .tcp_nodelay(true)
+    let mut routes = Routes::builder();
+    routes
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(InferenceServer::new(InferenceService::new(Arc::clone(
-            &state,
-        ))))
-        .add_service(AdminServer::new(AdminService::new(Arc::clone(&state))))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain);
-    tokio::pin!(server);
-    let grace_over = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(config.shutdown_grace).await;
-    };
-    tokio::select! {
-        res = &mut server => res.context("gRPC server")?,
-        () = grace_over => tracing::warn!(grace = ?config.shutdown_grace, "grace period over; closing remaining requests"),
-    }
-    tokio::task::spawn_blocking(move || registry.shutdown())
-        .await
-        .context("joining workers")?;
+        .add_service(InferenceServer::new(InferenceService::new(Arc::clone(&state))))
+        .add_service(AdminServer::new(AdminService::new(Arc::clone(&state))));
+    let transport =
+        TransportConfig { grace: config.shutdown_grace, max_concurrent_streams: config.max_concurrent_streams };
+    transport::serve(listener, routes.routes().prepare(), shutdown, transport, drain).await;
+    tokio::task::spawn_blocking(move || registry.shutdown()).await.context("joining workers")?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -100,13 +80,8 @@ async fn build_state(config: Config, factory: SharedFactory) -> anyhow::Result<S
     let cpu_only = config.cpu_only;
     // Both touch the disk or libtorch: keep them off the async workers.
     let (repo, devices) = tokio::task::spawn_blocking(move || {
-        let repo = Repository::scan(&dir)
-            .with_context(|| format!("reading model directory {}", dir.display()))?;
-        let devices = if cpu_only {
-            Devices::cpu_only()
-        } else {
-            Devices::detect()
-        };
+        let repo = Repository::scan(&dir).with_context(|| format!("reading model directory {}", dir.display()))?;
+        let devices = if cpu_only { Devices::cpu_only() } else { Devices::detect() };
         anyhow::Ok((repo, devices))
     })
     .await??;
@@ -122,18 +97,11 @@ async fn build_state(config: Config, factory: SharedFactory) -> anyhow::Result<S
             load_retry_backoff: config.load_retry_backoff,
         },
     );
-    Ok(Arc::new(AppState::new(
-        Arc::new(registry),
-        Arc::new(config),
-    )))
+    Ok(Arc::new(AppState::new(Arc::new(registry), Arc::new(config))))
 }
 
 async fn set_health(health: &HealthReporter, status: ServingStatus) {
     health.set_service_status("", status).await;
-    health
-        .set_service_status("torchwire.v1.Inference", status)
-        .await;
-    health
-        .set_service_status("torchwire.v1.Admin", status)
-        .await;
+    health.set_service_status("torchwire.v1.Inference", status).await;
+    health.set_service_status("torchwire.v1.Admin", status).await;
 }

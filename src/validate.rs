@@ -68,30 +68,18 @@ impl From<DType> for proto::DataType {
 }
 
 /// Checks a Predict request against the model's manifest and builds its input tensors.
-pub fn predict_inputs(
-    spec: &ModelSpec,
-    req: &proto::PredictRequest,
-    limits: Limits,
-) -> Result<PredictInputs> {
+pub fn predict_inputs(spec: &ModelSpec, req: &proto::PredictRequest, limits: Limits) -> Result<PredictInputs> {
     match (req.inputs.is_empty(), req.rows.is_empty()) {
-        (true, true) => Err(Error::invalid(
-            "inputs",
-            "set either `inputs` (tensors) or `rows` (named features); both are empty",
-        )),
-        (false, false) => Err(Error::invalid(
-            "inputs",
-            "set either `inputs` or `rows`, not both",
-        )),
+        (true, true) => {
+            Err(Error::invalid("inputs", "set either `inputs` (tensors) or `rows` (named features); both are empty"))
+        }
+        (false, false) => Err(Error::invalid("inputs", "set either `inputs` or `rows`, not both")),
         (false, true) => tensor_inputs(spec, &req.inputs, limits),
         (true, false) => row_inputs(spec, &req.rows, limits),
     }
 }
 
-fn tensor_inputs(
-    spec: &ModelSpec,
-    inputs: &[proto::Tensor],
-    limits: Limits,
-) -> Result<PredictInputs> {
+fn tensor_inputs(spec: &ModelSpec, inputs: &[proto::Tensor], limits: Limits) -> Result<PredictInputs> {
     if inputs.len() != spec.inputs.len() {
         return Err(Error::invalid(
             "inputs",
@@ -112,20 +100,17 @@ fn tensor_inputs(
         let idx = if t.name.is_empty() && spec.inputs.len() == 1 {
             0
         } else {
-            spec.inputs
-                .iter()
-                .position(|s| s.name == t.name)
-                .ok_or_else(|| {
-                    Error::invalid(
-                        format!("{field}.name"),
-                        format!(
-                            "model `{}` has no input {:?}; its inputs are {}",
-                            spec.name,
-                            crate::error::clip(&t.name, 64),
-                            input_names(spec)
-                        ),
-                    )
-                })?
+            spec.inputs.iter().position(|s| s.name == t.name).ok_or_else(|| {
+                Error::invalid(
+                    format!("{field}.name"),
+                    format!(
+                        "model `{}` has no input {:?}; its inputs are {}",
+                        spec.name,
+                        crate::error::clip(&t.name, 64),
+                        input_names(spec)
+                    ),
+                )
+            })?
         };
         if !seen.insert(idx) {
             return Err(Error::invalid(
@@ -133,13 +118,7 @@ fn tensor_inputs(
                 format!("input `{}` given twice", spec.inputs[idx].name),
             ));
         }
-        ordered[idx] = Some(tensor_from_proto(
-            &field,
-            t,
-            &spec.inputs[idx],
-            spec.allow_non_finite,
-            limits,
-        )?);
+        ordered[idx] = Some(tensor_from_proto(&field, t, &spec.inputs[idx], spec.allow_non_finite, limits)?);
     }
     let tensors: Vec<HostTensor> = ordered.into_iter().flatten().collect();
     let rows = tensors.first().map_or(0, |t| t.shape[0]);
@@ -152,47 +131,27 @@ fn tensor_inputs(
             ),
         ));
     }
-    let rows =
-        usize::try_from(rows).map_err(|_| Error::invalid("inputs", "negative batch dimension"))?;
+    let rows = usize::try_from(rows).map_err(|_| Error::invalid("inputs", "negative batch dimension"))?;
     check_rows(rows, limits)?;
     Ok(PredictInputs { tensors, rows })
 }
 
 fn check_rows(rows: usize, limits: Limits) -> Result<()> {
     if rows == 0 {
-        return Err(Error::invalid(
-            "inputs",
-            "the batch dimension must be at least 1",
-        ));
+        return Err(Error::invalid("inputs", "the batch dimension must be at least 1"));
     }
     if rows > limits.max_rows {
-        return Err(Error::invalid(
-            "inputs",
-            format!("at most {} rows per request, got {rows}", limits.max_rows),
-        ));
+        return Err(Error::invalid("inputs", format!("at most {} rows per request, got {rows}", limits.max_rows)));
     }
     Ok(())
 }
 
 fn input_names(spec: &ModelSpec) -> String {
-    spec.inputs
-        .iter()
-        .map(|s| format!("`{}`", s.name))
-        .collect::<Vec<_>>()
-        .join(", ")
+    spec.inputs.iter().map(|s| format!("`{}`", s.name)).collect::<Vec<_>>().join(", ")
 }
 
 fn shape_text(shape: &[i64]) -> String {
-    let dims: Vec<String> = shape
-        .iter()
-        .map(|d| {
-            if *d < 0 {
-                "N".to_owned()
-            } else {
-                d.to_string()
-            }
-        })
-        .collect();
+    let dims: Vec<String> = shape.iter().map(|d| if *d < 0 { "N".to_owned() } else { d.to_string() }).collect();
     format!("[{}]", dims.join(", "))
 }
 
@@ -207,12 +166,8 @@ fn tensor_from_proto(
     let dtype = if t.dtype == 0 {
         spec.dtype
     } else {
-        DType::try_from(t.dtype).map_err(|_| {
-            Error::invalid(
-                format!("{field}.dtype"),
-                format!("unknown dtype value {}", t.dtype),
-            )
-        })?
+        DType::try_from(t.dtype)
+            .map_err(|_| Error::invalid(format!("{field}.dtype"), format!("unknown dtype value {}", t.dtype)))?
     };
     if dtype != spec.dtype {
         return Err(Error::invalid(
@@ -224,12 +179,7 @@ fn tensor_from_proto(
     if t.shape.len() != spec.shape.len() {
         return Err(Error::invalid(
             format!("{field}.shape"),
-            format!(
-                "input `{}` has shape {}, got {} dimension(s)",
-                spec.name,
-                shape_text(&spec.shape),
-                t.shape.len()
-            ),
+            format!("input `{}` has shape {}, got {} dimension(s)", spec.name, shape_text(&spec.shape), t.shape.len()),
         ));
     }
     let mut numel: usize = 1;
@@ -243,11 +193,7 @@ fn tensor_from_proto(
         if want >= 0 && got != want {
             return Err(Error::invalid(
                 format!("{field}.shape[{d}]"),
-                format!(
-                    "input `{}` has shape {}, got {got} in dimension {d}",
-                    spec.name,
-                    shape_text(&spec.shape)
-                ),
+                format!("input `{}` has shape {}, got {got} in dimension {d}", spec.name, shape_text(&spec.shape)),
             ));
         }
         numel = usize::try_from(got)
@@ -262,12 +208,7 @@ fn tensor_from_proto(
             })?;
     }
     let data = tensor_bytes(field, t, dtype, numel)?;
-    let host = HostTensor {
-        name: spec.name.clone(),
-        dtype,
-        shape: t.shape.clone(),
-        data,
-    };
+    let host = HostTensor { name: spec.name.clone(), dtype, shape: t.shape.clone(), data };
     if dtype.is_float() && !allow_non_finite {
         check_finite(field, &host)?;
     }
@@ -284,33 +225,19 @@ fn tensor_bytes(field: &str, t: &proto::Tensor, dtype: DType, numel: usize) -> R
         ("bool_data", t.bool_data.len()),
         ("raw_data", t.raw_data.len()),
     ];
-    let set: Vec<&str> = typed_fields
-        .iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(f, _)| *f)
-        .collect();
+    let set: Vec<&str> = typed_fields.iter().filter(|(_, n)| *n > 0).map(|(f, _)| *f).collect();
     if set.len() > 1 {
-        return Err(Error::invalid(
-            field,
-            format!("exactly one data field may be set, got {}", set.join(", ")),
-        ));
+        return Err(Error::invalid(field, format!("exactly one data field may be set, got {}", set.join(", "))));
     }
     let wrong_len = |what: &str, got: usize| {
-        Error::invalid(
-            format!("{field}.{what}"),
-            format!("shape {:?} needs {numel} elements, got {got}", t.shape),
-        )
+        Error::invalid(format!("{field}.{what}"), format!("shape {:?} needs {numel} elements, got {got}", t.shape))
     };
     if !t.raw_data.is_empty() || numel == 0 {
         let want = numel * dtype.size();
         if t.raw_data.len() != want {
             return Err(Error::invalid(
                 format!("{field}.raw_data"),
-                format!(
-                    "shape {:?} of {dtype} needs {want} bytes, got {}",
-                    t.shape,
-                    t.raw_data.len()
-                ),
+                format!("shape {:?} of {dtype} needs {want} bytes, got {}", t.shape, t.raw_data.len()),
             ));
         }
         return Ok(t.raw_data.to_vec());
@@ -333,38 +260,28 @@ fn tensor_bytes(field: &str, t: &proto::Tensor, dtype: DType, numel: usize) -> R
         ));
     }
     let out = match dtype {
-        DType::F32 => check_len(&t.float_data, numel, "float_data", wrong_len)?
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DType::F64 => check_len(&t.double_data, numel, "double_data", wrong_len)?
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DType::I64 => check_len(&t.int64_data, numel, "int64_data", wrong_len)?
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DType::I32 => check_len(&t.int32_data, numel, "int32_data", wrong_len)?
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
+        DType::F32 => {
+            check_len(&t.float_data, numel, "float_data", wrong_len)?.iter().flat_map(|v| v.to_le_bytes()).collect()
+        }
+        DType::F64 => {
+            check_len(&t.double_data, numel, "double_data", wrong_len)?.iter().flat_map(|v| v.to_le_bytes()).collect()
+        }
+        DType::I64 => {
+            check_len(&t.int64_data, numel, "int64_data", wrong_len)?.iter().flat_map(|v| v.to_le_bytes()).collect()
+        }
+        DType::I32 => {
+            check_len(&t.int32_data, numel, "int32_data", wrong_len)?.iter().flat_map(|v| v.to_le_bytes()).collect()
+        }
         DType::I8 => narrow(
             field,
             check_len(&t.int32_data, numel, "int32_data", wrong_len)?,
             |v| i8::try_from(v).ok().map(|x| x.to_le_bytes()[0]),
             "int8",
         )?,
-        DType::U8 => narrow(
-            field,
-            check_len(&t.int32_data, numel, "int32_data", wrong_len)?,
-            |v| u8::try_from(v).ok(),
-            "uint8",
-        )?,
-        DType::Bool => check_len(&t.bool_data, numel, "bool_data", wrong_len)?
-            .iter()
-            .map(|&b| u8::from(b))
-            .collect(),
+        DType::U8 => {
+            narrow(field, check_len(&t.int32_data, numel, "int32_data", wrong_len)?, |v| u8::try_from(v).ok(), "uint8")?
+        }
+        DType::Bool => check_len(&t.bool_data, numel, "bool_data", wrong_len)?.iter().map(|&b| u8::from(b)).collect(),
         DType::F16 | DType::BF16 => {
             unreachable!("half types are read from raw_data above; this is a bug")
         }
@@ -372,29 +289,15 @@ fn tensor_bytes(field: &str, t: &proto::Tensor, dtype: DType, numel: usize) -> R
     Ok(out)
 }
 
-fn check_len<'a, T>(
-    v: &'a [T],
-    numel: usize,
-    what: &str,
-    err: impl Fn(&str, usize) -> Error,
-) -> Result<&'a [T]> {
-    if v.len() == numel {
-        Ok(v)
-    } else {
-        Err(err(what, v.len()))
-    }
+fn check_len<'a, T>(v: &'a [T], numel: usize, what: &str, err: impl Fn(&str, usize) -> Error) -> Result<&'a [T]> {
+    if v.len() == numel { Ok(v) } else { Err(err(what, v.len())) }
 }
 
 fn narrow(field: &str, v: &[i32], f: impl Fn(i32) -> Option<u8>, ty: &str) -> Result<Vec<u8>> {
     v.iter()
         .enumerate()
         .map(|(i, &x)| {
-            f(x).ok_or_else(|| {
-                Error::invalid(
-                    format!("{field}.int32_data[{i}]"),
-                    format!("{x} does not fit in {ty}"),
-                )
-            })
+            f(x).ok_or_else(|| Error::invalid(format!("{field}.int32_data[{i}]"), format!("{x} does not fit in {ty}")))
         })
         .collect()
 }
@@ -413,11 +316,7 @@ fn row_inputs(spec: &ModelSpec, rows: &[proto::Row], limits: Limits) -> Result<P
     if spec.kind != ModelKind::Tabular {
         return Err(Error::invalid(
             "rows",
-            format!(
-                "model `{}` is {}; `rows` are for tabular models, send `inputs`",
-                spec.name,
-                spec.kind.name()
-            ),
+            format!("model `{}` is {}; `rows` are for tabular models, send `inputs`", spec.name, spec.kind.name()),
         ));
     }
     check_rows(rows.len(), limits)?;
@@ -427,10 +326,7 @@ fn row_inputs(spec: &ModelSpec, rows: &[proto::Row], limits: Limits) -> Result<P
     for (r, row) in rows.iter().enumerate() {
         for f in &input.features {
             let v = *row.features.get(&f.name).ok_or_else(|| {
-                Error::invalid(
-                    format!("rows[{r}]"),
-                    format!("missing feature `{}`{}", f.name, unit_hint(&f.unit)),
-                )
+                Error::invalid(format!("rows[{r}]"), format!("missing feature `{}`{}", f.name, unit_hint(&f.unit)))
             })?;
             if !v.is_finite() && !spec.allow_non_finite {
                 return Err(Error::invalid(
@@ -448,11 +344,8 @@ fn row_inputs(spec: &ModelSpec, rows: &[proto::Row], limits: Limits) -> Result<P
                 .map(String::as_str)
                 .collect();
             unknown.sort_unstable();
-            let unknown: Vec<String> = unknown
-                .iter()
-                .take(5)
-                .map(|k| format!("`{}`", crate::error::clip(k, 64)))
-                .collect();
+            let unknown: Vec<String> =
+                unknown.iter().take(5).map(|k| format!("`{}`", crate::error::clip(k, 64))).collect();
             let expected: Vec<&str> = input.features.iter().map(|f| f.name.as_str()).collect();
             return Err(Error::invalid(
                 format!("rows[{r}]"),
@@ -469,33 +362,19 @@ fn row_inputs(spec: &ModelSpec, rows: &[proto::Row], limits: Limits) -> Result<P
     let data: Vec<u8> = match input.dtype {
         DType::F64 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
         // Tabular inputs are float (checked in the manifest); narrower floats go through f32.
-        _ => values
-            .iter()
-            .flat_map(|v| (*v as f32).to_le_bytes())
-            .collect(),
+        _ => values.iter().flat_map(|v| (*v as f32).to_le_bytes()).collect(),
     };
     let tensor = HostTensor {
         name: input.name.clone(),
-        dtype: if input.dtype == DType::F64 {
-            DType::F64
-        } else {
-            DType::F32
-        },
+        dtype: if input.dtype == DType::F64 { DType::F64 } else { DType::F32 },
         shape,
         data,
     };
-    Ok(PredictInputs {
-        tensors: vec![tensor],
-        rows: rows.len(),
-    })
+    Ok(PredictInputs { tensors: vec![tensor], rows: rows.len() })
 }
 
 fn unit_hint(unit: &str) -> String {
-    if unit.is_empty() {
-        String::new()
-    } else {
-        format!(" ({unit})")
-    }
+    if unit.is_empty() { String::new() } else { format!(" ({unit})") }
 }
 
 /// Converts a domain output tensor into its proto form, with typed data where one exists.
@@ -510,10 +389,7 @@ impl From<HostTensor> for proto::Tensor {
         let d = &t.data;
         match t.dtype {
             DType::F32 => {
-                out.float_data = d
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect()
+                out.float_data = d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
             }
             DType::F64 => {
                 out.double_data = d
@@ -528,10 +404,7 @@ impl From<HostTensor> for proto::Tensor {
                     .collect()
             }
             DType::I32 => {
-                out.int32_data = d
-                    .chunks_exact(4)
-                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect()
+                out.int32_data = d.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
             }
             DType::I8 => out.int32_data = d.iter().map(|&b| i32::from(b as i8)).collect(),
             DType::U8 => out.int32_data = d.iter().map(|&b| i32::from(b)).collect(),
@@ -548,10 +421,7 @@ mod tests {
     use crate::model::manifest::parse_manifest;
     use std::path::Path;
 
-    const LIMITS: Limits = Limits {
-        max_tensor_elements: 1 << 20,
-        max_rows: 64,
-    };
+    const LIMITS: Limits = Limits { max_tensor_elements: 1 << 20, max_rows: 64 };
 
     fn spec() -> ModelSpec {
         parse_manifest(
@@ -581,17 +451,11 @@ features = [{ name = "age", unit = "years" }, { name = "bmi" }]
     }
 
     fn req_t(t: proto::Tensor) -> proto::PredictRequest {
-        proto::PredictRequest {
-            model: "risk".into(),
-            inputs: vec![t],
-            ..Default::default()
-        }
+        proto::PredictRequest { model: "risk".into(), inputs: vec![t], ..Default::default() }
     }
 
     fn row(pairs: &[(&str, f64)]) -> proto::Row {
-        proto::Row {
-            features: pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
-        }
+        proto::Row { features: pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect() }
     }
 
     fn err_of(req: proto::PredictRequest) -> String {
@@ -602,18 +466,10 @@ features = [{ name = "age", unit = "years" }, { name = "bmi" }]
 
     #[test]
     fn tensors_and_rows_build_the_same_input() {
-        let a = predict_inputs(
-            &spec(),
-            &req_t(tensor(vec![1, 2], vec![40.0, 22.5])),
-            LIMITS,
-        )
-        .unwrap();
+        let a = predict_inputs(&spec(), &req_t(tensor(vec![1, 2], vec![40.0, 22.5])), LIMITS).unwrap();
         let b = predict_inputs(
             &spec(),
-            &proto::PredictRequest {
-                rows: vec![row(&[("bmi", 22.5), ("age", 40.0)])],
-                ..Default::default()
-            },
+            &proto::PredictRequest { rows: vec![row(&[("bmi", 22.5), ("age", 40.0)])], ..Default::default() },
             LIMITS,
         )
         .unwrap();
@@ -633,37 +489,16 @@ features = [{ name = "age", unit = "years" }, { name = "bmi" }]
                 },
                 "not both",
             ),
-            (
-                req_t(tensor(vec![1, 2], vec![1.0])),
-                "needs 2 elements, got 1",
-            ),
-            (
-                req_t(tensor(vec![1, 3], vec![1.0, 2.0, 3.0])),
-                "got 3 in dimension 1",
-            ),
+            (req_t(tensor(vec![1, 2], vec![1.0])), "needs 2 elements, got 1"),
+            (req_t(tensor(vec![1, 3], vec![1.0, 2.0, 3.0])), "got 3 in dimension 1"),
             (req_t(tensor(vec![-1, 2], vec![])), "non-negative"),
-            (
-                req_t(tensor(vec![i64::MAX, 2], vec![1.0, 2.0])),
-                "at most 1048576 elements",
-            ),
-            (
-                req_t(tensor(vec![4_000_000_000, 2], vec![])),
-                "at most 1048576 elements",
-            ),
+            (req_t(tensor(vec![i64::MAX, 2], vec![1.0, 2.0])), "at most 1048576 elements"),
+            (req_t(tensor(vec![4_000_000_000, 2], vec![])), "at most 1048576 elements"),
             (req_t(tensor(vec![2], vec![1.0, 2.0])), "got 1 dimension"),
-            (
-                req_t(tensor(vec![1, 2], vec![f32::NAN, 2.0])),
-                "NaN and Inf",
-            ),
-            (
-                req_t(tensor(vec![1, 2], vec![f32::INFINITY, 2.0])),
-                "NaN and Inf",
-            ),
+            (req_t(tensor(vec![1, 2], vec![f32::NAN, 2.0])), "NaN and Inf"),
+            (req_t(tensor(vec![1, 2], vec![f32::INFINITY, 2.0])), "NaN and Inf"),
             (req_t(tensor(vec![0, 2], vec![])), "at least 1"),
-            (
-                req_t(tensor(vec![65, 2], vec![0.0; 130])),
-                "at most 64 rows",
-            ),
+            (req_t(tensor(vec![65, 2], vec![0.0; 130])), "at most 64 rows"),
             (
                 req_t(proto::Tensor {
                     dtype: proto::DataType::Int64 as i32,
@@ -672,41 +507,17 @@ features = [{ name = "age", unit = "years" }, { name = "bmi" }]
                 }),
                 "takes float32, got int64",
             ),
+            (req_t(proto::Tensor { dtype: 99, ..tensor(vec![1, 2], vec![1.0, 2.0]) }), "unknown dtype value 99"),
+            (req_t(proto::Tensor { name: "x".into(), ..tensor(vec![1, 2], vec![1.0, 2.0]) }), "has no input \"x\""),
             (
-                req_t(proto::Tensor {
-                    dtype: 99,
-                    ..tensor(vec![1, 2], vec![1.0, 2.0])
-                }),
-                "unknown dtype value 99",
-            ),
-            (
-                req_t(proto::Tensor {
-                    name: "x".into(),
-                    ..tensor(vec![1, 2], vec![1.0, 2.0])
-                }),
-                "has no input \"x\"",
-            ),
-            (
-                req_t(proto::Tensor {
-                    double_data: vec![1.0, 2.0],
-                    ..tensor(vec![1, 2], vec![])
-                }),
+                req_t(proto::Tensor { double_data: vec![1.0, 2.0], ..tensor(vec![1, 2], vec![]) }),
                 "goes in `float_data`",
             ),
             (
-                req_t(proto::Tensor {
-                    raw_data: vec![0; 7].into(),
-                    ..tensor(vec![1, 2], vec![])
-                }),
+                req_t(proto::Tensor { raw_data: vec![0; 7].into(), ..tensor(vec![1, 2], vec![]) }),
                 "needs 8 bytes, got 7",
             ),
-            (
-                proto::PredictRequest {
-                    rows: vec![row(&[("age", 1.0)])],
-                    ..Default::default()
-                },
-                "missing feature `bmi`",
-            ),
+            (proto::PredictRequest { rows: vec![row(&[("age", 1.0)])], ..Default::default() }, "missing feature `bmi`"),
             (
                 proto::PredictRequest {
                     rows: vec![row(&[("age", 1.0), ("bmi", 2.0), ("height", 3.0)])],
@@ -715,10 +526,7 @@ features = [{ name = "age", unit = "years" }, { name = "bmi" }]
                 "unknown feature(s) `height`",
             ),
             (
-                proto::PredictRequest {
-                    rows: vec![row(&[("age", f64::NAN), ("bmi", 2.0)])],
-                    ..Default::default()
-                },
+                proto::PredictRequest { rows: vec![row(&[("age", f64::NAN), ("bmi", 2.0)])], ..Default::default() },
                 "NaN and Inf",
             ),
         ];
@@ -733,10 +541,7 @@ features = [{ name = "age", unit = "years" }, { name = "bmi" }]
         let bytes: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
         let ok = predict_inputs(
             &spec(),
-            &req_t(proto::Tensor {
-                raw_data: bytes.into(),
-                ..tensor(vec![1, 2], vec![])
-            }),
+            &req_t(proto::Tensor { raw_data: bytes.into(), ..tensor(vec![1, 2], vec![]) }),
             LIMITS,
         )
         .unwrap();

@@ -56,10 +56,9 @@ impl WorkerHandle {
                 device: self.device.to_string(),
                 capacity: self.capacity,
             },
-            TrySendError::Disconnected(_) => Error::internal(format!(
-                "worker for {} on {} has stopped",
-                self.model, self.device
-            )),
+            TrySendError::Disconnected(_) => {
+                Error::internal(format!("worker for {} on {} has stopped", self.model, self.device))
+            }
         })
     }
 
@@ -80,41 +79,25 @@ pub fn spawn_worker(
     on_loaded: impl FnOnce(std::result::Result<Loaded, String>) + Send + 'static,
 ) -> std::io::Result<JoinHandle<()>> {
     let (tx, rx) = sync_channel(capacity);
-    let handle = WorkerHandle {
-        tx,
-        model: Arc::from(spec.name.as_str()),
-        device,
-        capacity,
-        counters: Arc::default(),
-    };
-    std::thread::Builder::new()
-        .name(format!("torch-{}-{}", spec.name, device))
-        .spawn(move || {
-            // Grad mode is per thread: set it once for everything this thread runs.
-            let _no_grad = tch::no_grad_guard();
-            let backend = match factory.load(&spec, device, threads) {
-                Ok(b) => b,
-                Err(reason) => {
-                    on_loaded(Err(reason));
-                    return;
-                }
-            };
-            let counters = Arc::clone(&handle.counters);
-            let memory_bytes = backend.memory_bytes();
-            on_loaded(Ok(Loaded {
-                handle,
-                memory_bytes,
-            }));
-            run_worker(&spec, backend, &rx, &counters);
-        })
+    let handle = WorkerHandle { tx, model: Arc::from(spec.name.as_str()), device, capacity, counters: Arc::default() };
+    std::thread::Builder::new().name(format!("torch-{}-{}", spec.name, device)).spawn(move || {
+        // Grad mode is per thread: set it once for everything this thread runs.
+        let _no_grad = tch::no_grad_guard();
+        let backend = match factory.load(&spec, device, threads) {
+            Ok(b) => b,
+            Err(reason) => {
+                on_loaded(Err(reason));
+                return;
+            }
+        };
+        let counters = Arc::clone(&handle.counters);
+        let memory_bytes = backend.memory_bytes();
+        on_loaded(Ok(Loaded { handle, memory_bytes }));
+        run_worker(&spec, backend, &rx, &counters);
+    })
 }
 
-fn run_worker(
-    spec: &ModelSpec,
-    mut backend: Box<dyn Backend>,
-    rx: &Receiver<Job>,
-    counters: &WorkerCounters,
-) {
+fn run_worker(spec: &ModelSpec, mut backend: Box<dyn Backend>, rx: &Receiver<Job>, counters: &WorkerCounters) {
     while let Ok(job) = rx.recv() {
         match check_live(&job) {
             Some(Skip::Cancelled) => {
@@ -123,9 +106,7 @@ fn run_worker(
             }
             Some(Skip::Expired) => {
                 counters.expired.fetch_add(1, Ordering::Relaxed);
-                let _ = job
-                    .reply
-                    .send(Err(Error::DeadlineExceeded { stage: "queued" }));
+                let _ = job.reply.send(Err(Error::DeadlineExceeded { stage: "queued" }));
                 continue;
             }
             None => {}
@@ -134,21 +115,10 @@ fn run_worker(
         let started = Instant::now();
         let result = backend.forward(job.inputs);
         let compute = started.elapsed();
-        let answer = result
-            .map_err(|detail| Error::Forward {
-                model: spec.name.clone(),
-                detail,
-            })
-            .map(|outputs| {
-                let predictions = predictions_for(spec, &outputs, job.rows);
-                JobOutput {
-                    outputs,
-                    predictions,
-                    queue,
-                    compute,
-                    batch_size: job.rows,
-                }
-            });
+        let answer = result.map_err(|detail| Error::Forward { model: spec.name.clone(), detail }).map(|outputs| {
+            let predictions = predictions_for(spec, &outputs, job.rows);
+            JobOutput { outputs, predictions, queue, compute, batch_size: job.rows }
+        });
         counters.completed.fetch_add(1, Ordering::Relaxed);
         // The client may have gone while we computed; its answer is simply discarded.
         let _ = job.reply.send(answer);
@@ -168,9 +138,5 @@ fn predictions_for(
     if n == 0 || first.shape != [rows as i64, n as i64] {
         return Vec::new();
     }
-    first
-        .to_f32()
-        .chunks(n)
-        .map(|row| classify(row, spec.output))
-        .collect()
+    first.to_f32().chunks(n).map(|row| classify(row, spec.output)).collect()
 }

@@ -27,17 +27,10 @@ pub struct FakeBackend {
 }
 
 impl BackendFactory for FakeFactory {
-    fn load(
-        &self,
-        _spec: &ModelSpec,
-        _device: Device,
-        _threads: usize,
-    ) -> Result<Box<dyn Backend>, String> {
+    fn load(&self, _spec: &ModelSpec, _device: Device, _threads: usize) -> Result<Box<dyn Backend>, String> {
         std::thread::sleep(self.load_delay);
         self.loads.fetch_add(1, Ordering::SeqCst);
-        Ok(Box::new(FakeBackend {
-            forward_delay: self.forward_delay,
-        }))
+        Ok(Box::new(FakeBackend { forward_delay: self.forward_delay }))
     }
 }
 
@@ -57,11 +50,7 @@ impl Backend for FakeBackend {
                 [-s, s]
             })
             .collect();
-        Ok(vec![HostTensor::from_f32(
-            "output_0",
-            vec![x.shape[0], 2],
-            &logits,
-        )])
+        Ok(vec![HostTensor::from_f32("output_0", vec![x.shape[0], 2], &logits)])
     }
 
     fn memory_bytes(&self) -> u64 {

@@ -167,16 +167,9 @@ pub fn check_model_name(name: &str) -> Result<()> {
     }
     let b = name.as_bytes();
     let first_ok = b[0].is_ascii_lowercase() || b[0].is_ascii_digit();
-    let rest_ok = b[1..]
-        .iter()
-        .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-'));
-    if first_ok && rest_ok && b.len() <= 64 {
-        Ok(())
-    } else {
-        Err(Error::InvalidModelName {
-            name: clip(name, 72),
-        })
-    }
+    let rest_ok =
+        b[1..].iter().all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-'));
+    if first_ok && rest_ok && b.len() <= 64 { Ok(()) } else { Err(Error::InvalidModelName { name: clip(name, 72) }) }
 }
 
 /// Parses a manifest's text. `name` and `dir` come from the repository scan.
@@ -186,9 +179,7 @@ pub fn parse_manifest(name: &str, dir: &Path, text: &str) -> Result<ModelSpec, S
         "tabular" => ModelKind::Tabular,
         "text-classification" => ModelKind::TextClassification,
         other => {
-            return Err(format!(
-                "kind must be \"tabular\" or \"text-classification\", got {other:?}"
-            ));
+            return Err(format!("kind must be \"tabular\" or \"text-classification\", got {other:?}"));
         }
     };
     if raw.inputs.is_empty() {
@@ -199,21 +190,12 @@ pub fn parse_manifest(name: &str, dir: &Path, text: &str) -> Result<ModelSpec, S
         let dtype = DType::from_name(&r.dtype)
             .ok_or_else(|| format!("inputs[{i}].dtype {:?} is not a known dtype", r.dtype))?;
         if r.shape.first() != Some(&-1) {
-            return Err(format!(
-                "inputs[{i}].shape must start with -1 (the batch dimension)"
-            ));
+            return Err(format!("inputs[{i}].shape must start with -1 (the batch dimension)"));
         }
         if r.shape.iter().skip(1).any(|&d| d == 0 || d < -1) {
-            return Err(format!(
-                "inputs[{i}].shape dimensions must be positive or -1"
-            ));
+            return Err(format!("inputs[{i}].shape dimensions must be positive or -1"));
         }
-        inputs.push(InputSpec {
-            name: r.name,
-            dtype,
-            shape: r.shape,
-            features: r.features,
-        });
+        inputs.push(InputSpec { name: r.name, dtype, shape: r.shape, features: r.features });
     }
     if kind == ModelKind::Tabular {
         let [input] = inputs.as_slice() else {
@@ -238,10 +220,7 @@ pub fn parse_manifest(name: &str, dir: &Path, text: &str) -> Result<ModelSpec, S
             return Err("feature names must be unique".into());
         }
     }
-    let max_batch_size = raw
-        .batching
-        .max_batch_size
-        .unwrap_or(DEFAULT_MAX_BATCH_SIZE);
+    let max_batch_size = raw.batching.max_batch_size.unwrap_or(DEFAULT_MAX_BATCH_SIZE);
     if max_batch_size == 0 {
         return Err("batching.max_batch_size must be at least 1".into());
     }
@@ -302,12 +281,7 @@ impl Repository {
 
     /// A repository from specs built in code (tests).
     pub fn from_specs(specs: impl IntoIterator<Item = ModelSpec>) -> Self {
-        Repository {
-            models: specs
-                .into_iter()
-                .map(|s| (s.name.clone(), Arc::new(s)))
-                .collect(),
-        }
+        Repository { models: specs.into_iter().map(|s| (s.name.clone(), Arc::new(s))).collect() }
     }
 
     /// Looks a model up by a client-supplied name; checks the name first.
@@ -316,10 +290,7 @@ impl Repository {
         self.models
             .get(name)
             .cloned()
-            .ok_or_else(|| Error::ModelNotFound {
-                name: name.to_owned(),
-                available: self.names().join(", "),
-            })
+            .ok_or_else(|| Error::ModelNotFound { name: name.to_owned(), available: self.names().join(", ") })
     }
 
     /// Every model name, sorted.
@@ -369,10 +340,7 @@ features = [{ name = "age", unit = "years" }, { name = "bmi", unit = "kg/m2" }]
     #[test]
     fn rejects_inconsistent_manifests() {
         let cases = [
-            (
-                TABULAR.replace("shape = [-1, 2]", "shape = [-1, 3]"),
-                "lists 2 features",
-            ),
+            (TABULAR.replace("shape = [-1, 2]", "shape = [-1, 3]"), "lists 2 features"),
             (TABULAR.replace("tabular", "vision"), "kind must be"),
             (TABULAR.replace("float32", "complex"), "not a known dtype"),
             (TABULAR.replace("[-1, 2]", "[4, 2]"), "must start with -1"),
@@ -390,19 +358,7 @@ features = [{ name = "age", unit = "years" }, { name = "bmi", unit = "kg/m2" }]
         for ok in ["a", "heart-disease", "m.v2", "x_1", &"a".repeat(64)] {
             assert!(check_model_name(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "",
-            "A",
-            "-a",
-            ".a",
-            "..",
-            "a/b",
-            "../etc",
-            "a b",
-            "é",
-            &"a".repeat(65),
-            &"a".repeat(200),
-        ] {
+        for bad in ["", "A", "-a", ".a", "..", "a/b", "../etc", "a b", "é", &"a".repeat(65), &"a".repeat(200)] {
             assert!(check_model_name(bad).is_err(), "{bad}");
         }
         let long = check_model_name(&"a".repeat(200)).unwrap_err().to_string();

@@ -131,14 +131,10 @@ impl HostTensor {
             .chunks_exact(n)
             .map(|c| match self.dtype {
                 DType::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
-                DType::F64 => {
-                    f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
-                }
+                DType::F64 => f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32,
                 DType::F16 => f16_to_f32(u16::from_le_bytes([c[0], c[1]])),
                 DType::BF16 => f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16),
-                DType::I64 => {
-                    i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
-                }
+                DType::I64 => i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32,
                 DType::I32 => i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32,
                 DType::I8 => f32::from(c[0] as i8),
                 DType::U8 | DType::Bool => f32::from(c[0]),
@@ -194,12 +190,7 @@ pub trait Backend: Send {
 /// Creates backends; called on the worker thread that will own the result.
 pub trait BackendFactory: Send + Sync + 'static {
     /// Loads `spec` onto `device`. Errors carry the full reason for the log.
-    fn load(
-        &self,
-        spec: &ModelSpec,
-        device: Device,
-        threads: usize,
-    ) -> Result<Box<dyn Backend>, String>;
+    fn load(&self, spec: &ModelSpec, device: Device, threads: usize) -> Result<Box<dyn Backend>, String>;
 }
 
 /// Shared handle to a backend factory.
@@ -220,14 +211,8 @@ pub fn classify(scores: &[f32], kind: OutputKind) -> Prediction {
         .iter()
         .copied()
         .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, p)| {
-            if p > best.1 { (i, p) } else { best }
-        });
-    Prediction {
-        index,
-        score,
-        probabilities,
-    }
+        .fold((0, f32::NEG_INFINITY), |best, (i, p)| if p > best.1 { (i, p) } else { best });
+    Prediction { index, score, probabilities }
 }
 
 #[cfg(test)]

@@ -20,27 +20,15 @@ pub struct TorchBackend {
 }
 
 impl BackendFactory for TorchFactory {
-    fn load(
-        &self,
-        spec: &ModelSpec,
-        device: Device,
-        threads: usize,
-    ) -> Result<Box<dyn Backend>, String> {
+    fn load(&self, spec: &ModelSpec, device: Device, threads: usize) -> Result<Box<dyn Backend>, String> {
         tch::set_num_threads(i32::try_from(threads.max(1)).unwrap_or(1));
         let path = spec.model_path();
         let dev = device.to_tch();
-        let mut module = CModule::load_on_device(&path, dev)
-            .map_err(|e| format!("loading {}: {e}", path.display()))?;
+        let mut module = CModule::load_on_device(&path, dev).map_err(|e| format!("loading {}: {e}", path.display()))?;
         module.set_eval();
-        let memory_bytes = module
-            .named_parameters()
-            .map(|ps| ps.iter().map(|(_, t)| tensor_bytes(t)).sum())
-            .unwrap_or(0);
-        Ok(Box::new(TorchBackend {
-            module,
-            device: dev,
-            memory_bytes,
-        }))
+        let memory_bytes =
+            module.named_parameters().map(|ps| ps.iter().map(|(_, t)| tensor_bytes(t)).sum()).unwrap_or(0);
+        Ok(Box::new(TorchBackend { module, device: dev, memory_bytes }))
     }
 }
 
@@ -59,10 +47,7 @@ impl Backend for TorchBackend {
                 .map_err(|e| format!("input `{}`: {e}", input.name))?;
             ivalues.push(IValue::Tensor(t));
         }
-        let out = self
-            .module
-            .forward_is(&ivalues)
-            .map_err(|e| e.to_string())?;
+        let out = self.module.forward_is(&ivalues).map_err(|e| e.to_string())?;
         let tensors = match out {
             IValue::Tensor(t) => vec![t],
             IValue::Tuple(items) | IValue::GenericList(items) => items
@@ -74,16 +59,10 @@ impl Backend for TorchBackend {
                 .collect::<Result<_, _>>()?,
             IValue::TensorList(ts) => ts,
             other => {
-                return Err(format!(
-                    "model returned {other:?}, expected a tensor or a tuple of tensors"
-                ));
+                return Err(format!("model returned {other:?}, expected a tensor or a tuple of tensors"));
             }
         };
-        tensors
-            .into_iter()
-            .enumerate()
-            .map(|(i, t)| to_host(&format!("output_{i}"), &t))
-            .collect()
+        tensors.into_iter().enumerate().map(|(i, t)| to_host(&format!("output_{i}"), &t)).collect()
     }
 
     fn memory_bytes(&self) -> u64 {
@@ -122,10 +101,7 @@ fn dtype_of(k: Kind) -> Option<DType> {
 
 fn to_host(name: &str, t: &Tensor) -> Result<HostTensor, String> {
     let err = |e: tch::TchError| format!("{name}: {e}");
-    let t = t
-        .f_to_device(tch::Device::Cpu)
-        .and_then(|t| t.f_contiguous())
-        .map_err(err)?;
+    let t = t.f_to_device(tch::Device::Cpu).and_then(|t| t.f_contiguous()).map_err(err)?;
     let kind = t.f_kind().map_err(err)?;
     let (t, dtype) = match dtype_of(kind) {
         Some(d) => (t, d),
@@ -133,14 +109,8 @@ fn to_host(name: &str, t: &Tensor) -> Result<HostTensor, String> {
         None => (t.f_to_kind(Kind::Float).map_err(err)?, DType::F32),
     };
     let shape = t.size();
-    let numel =
-        usize::try_from(shape.iter().product::<i64>()).map_err(|_| format!("{name}: bad shape"))?;
+    let numel = usize::try_from(shape.iter().product::<i64>()).map_err(|_| format!("{name}: bad shape"))?;
     let mut data = vec![0u8; numel * dtype.size()];
     t.f_copy_data_u8(&mut data, numel).map_err(err)?;
-    Ok(HostTensor {
-        name: name.to_owned(),
-        dtype,
-        shape,
-        data,
-    })
+    Ok(HostTensor { name: name.to_owned(), dtype, shape, data })
 }

@@ -32,41 +32,19 @@ impl Admin for AdminService {
         req: Request<proto::ListModelsRequest>,
     ) -> Result<Response<proto::ListModelsResponse>, Status> {
         let deadline = self.state.deadline(&req);
-        let models = self
-            .state
-            .registry
-            .repository()
-            .specs()
-            .map(|s| self.info(s))
-            .collect();
-        boundary(&self.state, "ListModels", deadline, async {
-            Ok(proto::ListModelsResponse { models })
-        })
-        .await
+        let models = self.state.registry.repository().specs().map(|s| self.info(s)).collect();
+        boundary(&self.state, "ListModels", deadline, async { Ok(proto::ListModelsResponse { models }) }).await
     }
 
-    async fn get_model(
-        &self,
-        req: Request<proto::GetModelRequest>,
-    ) -> Result<Response<proto::ModelInfo>, Status> {
+    async fn get_model(&self, req: Request<proto::GetModelRequest>) -> Result<Response<proto::ModelInfo>, Status> {
         let deadline = self.state.deadline(&req);
-        let result = self
-            .state
-            .registry
-            .spec(&req.get_ref().model)
-            .map(|s| self.info(&s));
+        let result = self.state.registry.spec(&req.get_ref().model).map(|s| self.info(&s));
         boundary(&self.state, "GetModel", deadline, async { result }).await
     }
 
-    async fn load_model(
-        &self,
-        req: Request<proto::LoadModelRequest>,
-    ) -> Result<Response<proto::ModelInfo>, Status> {
+    async fn load_model(&self, req: Request<proto::LoadModelRequest>) -> Result<Response<proto::ModelInfo>, Status> {
         let deadline = self.state.deadline(&req);
-        boundary(&self.state, "LoadModel", deadline, async {
-            Err(Error::Unimplemented { rpc: "LoadModel" })
-        })
-        .await
+        boundary(&self.state, "LoadModel", deadline, async { Err(Error::Unimplemented { rpc: "LoadModel" }) }).await
     }
 
     async fn unload_model(
@@ -74,10 +52,7 @@ impl Admin for AdminService {
         req: Request<proto::UnloadModelRequest>,
     ) -> Result<Response<proto::ModelInfo>, Status> {
         let deadline = self.state.deadline(&req);
-        boundary(&self.state, "UnloadModel", deadline, async {
-            Err(Error::Unimplemented { rpc: "UnloadModel" })
-        })
-        .await
+        boundary(&self.state, "UnloadModel", deadline, async { Err(Error::Unimplemented { rpc: "UnloadModel" }) }).await
     }
 
     async fn reset_stats(
@@ -85,10 +60,7 @@ impl Admin for AdminService {
         req: Request<proto::ResetStatsRequest>,
     ) -> Result<Response<proto::ResetStatsResponse>, Status> {
         let deadline = self.state.deadline(&req);
-        boundary(&self.state, "ResetStats", deadline, async {
-            Err(Error::Unimplemented { rpc: "ResetStats" })
-        })
-        .await
+        boundary(&self.state, "ResetStats", deadline, async { Err(Error::Unimplemented { rpc: "ResetStats" }) }).await
     }
 }
 
@@ -103,12 +75,7 @@ pub fn model_info(spec: &ModelSpec, devices: &[DeviceStatus]) -> proto::ModelInf
         provenance: Some(proto::Provenance {
             dataset: spec.provenance.dataset.clone(),
             split: spec.provenance.split.clone(),
-            metrics: spec
-                .provenance
-                .metrics
-                .iter()
-                .map(|(k, v)| (k.clone(), *v))
-                .collect(),
+            metrics: spec.provenance.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             notes: spec.provenance.notes.clone(),
         }),
         devices: devices.iter().map(device_state).collect(),
@@ -120,14 +87,7 @@ fn input_spec(i: &InputSpec) -> proto::InputSpec {
         name: i.name.clone(),
         dtype: proto::DataType::from(i.dtype) as i32,
         shape: i.shape.clone(),
-        features: i
-            .features
-            .iter()
-            .map(|f| proto::Feature {
-                name: f.name.clone(),
-                unit: f.unit.clone(),
-            })
-            .collect(),
+        features: i.features.iter().map(|f| proto::Feature { name: f.name.clone(), unit: f.unit.clone() }).collect(),
     }
 }
 

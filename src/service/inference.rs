@@ -31,18 +31,9 @@ impl InferenceService {
 
 #[tonic::async_trait]
 impl Inference for InferenceService {
-    async fn predict(
-        &self,
-        req: Request<proto::PredictRequest>,
-    ) -> Result<Response<proto::PredictResponse>, Status> {
+    async fn predict(&self, req: Request<proto::PredictRequest>) -> Result<Response<proto::PredictResponse>, Status> {
         let deadline = self.state.deadline(&req);
-        boundary(
-            &self.state,
-            "Predict",
-            deadline,
-            predict(&self.state, req.into_inner(), deadline),
-        )
-        .await
+        boundary(&self.state, "Predict", deadline, predict(&self.state, req.into_inner(), deadline)).await
     }
 
     async fn sentiment(
@@ -50,21 +41,12 @@ impl Inference for InferenceService {
         req: Request<proto::SentimentRequest>,
     ) -> Result<Response<proto::SentimentResponse>, Status> {
         let deadline = self.state.deadline(&req);
-        boundary(&self.state, "Sentiment", deadline, async {
-            Err(Error::Unimplemented { rpc: "Sentiment" })
-        })
-        .await
+        boundary(&self.state, "Sentiment", deadline, async { Err(Error::Unimplemented { rpc: "Sentiment" }) }).await
     }
 
-    async fn stats(
-        &self,
-        req: Request<proto::StatsRequest>,
-    ) -> Result<Response<proto::StatsResponse>, Status> {
+    async fn stats(&self, req: Request<proto::StatsRequest>) -> Result<Response<proto::StatsResponse>, Status> {
         let deadline = self.state.deadline(&req);
-        boundary(&self.state, "Stats", deadline, async {
-            Err(Error::Unimplemented { rpc: "Stats" })
-        })
-        .await
+        boundary(&self.state, "Stats", deadline, async { Err(Error::Unimplemented { rpc: "Stats" }) }).await
     }
 }
 
@@ -75,31 +57,16 @@ async fn predict(
 ) -> Result<proto::PredictResponse> {
     let arrived = Instant::now();
     let spec = state.registry.spec(&req.model)?;
-    let device = state
-        .registry
-        .devices()
-        .resolve(DeviceRequest::parse(&req.device)?)?;
+    let device = state.registry.devices().resolve(DeviceRequest::parse(&req.device)?)?;
     let inputs = validate::predict_inputs(&spec, &req, state.config.limits)?;
     let worker = state.registry.get_or_load(&spec, device).await?;
     let (reply, answer) = oneshot::channel();
-    worker.submit(Job {
-        inputs: inputs.tensors,
-        rows: inputs.rows,
-        deadline,
-        enqueued: Instant::now(),
-        reply,
-    })?;
-    let out = answer
-        .await
-        .map_err(|_| Error::internal("worker dropped a job without answering"))??;
+    worker.submit(Job { inputs: inputs.tensors, rows: inputs.rows, deadline, enqueued: Instant::now(), reply })?;
+    let out = answer.await.map_err(|_| Error::internal("worker dropped a job without answering"))??;
     Ok(proto::PredictResponse {
         model: spec.name.clone(),
         device: device.to_string(),
-        predictions: out
-            .predictions
-            .iter()
-            .map(|p| classification(&spec, p))
-            .collect(),
+        predictions: out.predictions.iter().map(|p| classification(&spec, p)).collect(),
         outputs: out.outputs.into_iter().map(proto::Tensor::from).collect(),
         timing: Some(proto::Timing {
             queue_us: micros(out.queue),
@@ -121,11 +88,6 @@ fn classification(spec: &ModelSpec, p: &crate::model::Prediction) -> proto::Clas
         label: label(p.index),
         label_index: i32::try_from(p.index).unwrap_or(i32::MAX),
         score: p.score,
-        probabilities: p
-            .probabilities
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (label(i), *v))
-            .collect(),
+        probabilities: p.probabilities.iter().enumerate().map(|(i, v)| (label(i), *v)).collect(),
     }
 }

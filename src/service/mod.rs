@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::registry::ModelRegistry;
+use crate::transport::CallInfo;
 
 /// What every service shares.
 pub struct AppState {
@@ -37,21 +38,16 @@ pub type SharedState = Arc<AppState>;
 impl AppState {
     /// State over a registry.
     pub fn new(registry: Arc<ModelRegistry>, config: Arc<Config>) -> Self {
-        AppState {
-            registry,
-            config,
-            started: Instant::now(),
-            next_request_id: AtomicU64::new(1),
-        }
+        AppState { registry, config, started: Instant::now(), next_request_id: AtomicU64::new(1) }
     }
 
-    /// The deadline of a call: its `grpc-timeout`, else the default, capped by the maximum.
+    /// The deadline of a call, measured from its arrival: its `grpc-timeout`, else the
+    /// default, capped by the maximum. The transport put both in a [`CallInfo`].
     pub fn deadline<T>(&self, req: &Request<T>) -> Deadline {
-        let header = req
-            .metadata()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok());
-        Deadline::from_header(header, self.config.default_timeout, self.config.max_timeout)
+        let info = req.extensions().get::<CallInfo>();
+        let arrived = info.map_or_else(Instant::now, |i| i.arrived);
+        let asked = info.and_then(|i| i.grpc_timeout);
+        Deadline::for_call(arrived, asked, self.config.default_timeout, self.config.max_timeout)
     }
 }
 
@@ -70,9 +66,7 @@ pub async fn boundary<T>(
         let started = Instant::now();
         let result = match tokio::time::timeout_at(deadline.at().into(), handler).await {
             Ok(r) => r,
-            Err(_) => Err(Error::DeadlineExceeded {
-                stage: "waiting for the model",
-            }),
+            Err(_) => Err(Error::DeadlineExceeded { stage: "waiting for the model" }),
         };
         let micros = started.elapsed().as_micros();
         match result {
