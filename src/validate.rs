@@ -240,7 +240,7 @@ fn tensor_bytes(field: &str, t: &proto::Tensor, dtype: DType, numel: usize) -> R
                 format!("shape {:?} of {dtype} needs {want} bytes, got {}", t.shape, t.raw_data.len()),
             ));
         }
-        return Ok(t.raw_data.to_vec());
+        return Ok(t.raw_data.clone());
     }
     let expected_field = match dtype {
         DType::F32 => "float_data",
@@ -409,7 +409,7 @@ impl From<HostTensor> for proto::Tensor {
             DType::I8 => out.int32_data = d.iter().map(|&b| i32::from(b as i8)).collect(),
             DType::U8 => out.int32_data = d.iter().map(|&b| i32::from(b)).collect(),
             DType::Bool => out.bool_data = d.iter().map(|&b| b != 0).collect(),
-            DType::F16 | DType::BF16 => out.raw_data = t.data.into(),
+            DType::F16 | DType::BF16 => out.raw_data = t.data,
         }
         out
     }
@@ -513,10 +513,7 @@ features = [{ name = "age", unit = "years" }, { name = "bmi" }]
                 req_t(proto::Tensor { double_data: vec![1.0, 2.0], ..tensor(vec![1, 2], vec![]) }),
                 "goes in `float_data`",
             ),
-            (
-                req_t(proto::Tensor { raw_data: vec![0; 7].into(), ..tensor(vec![1, 2], vec![]) }),
-                "needs 8 bytes, got 7",
-            ),
+            (req_t(proto::Tensor { raw_data: vec![0; 7], ..tensor(vec![1, 2], vec![]) }), "needs 8 bytes, got 7"),
             (proto::PredictRequest { rows: vec![row(&[("age", 1.0)])], ..Default::default() }, "missing feature `bmi`"),
             (
                 proto::PredictRequest {
@@ -539,12 +536,9 @@ features = [{ name = "age", unit = "years" }, { name = "bmi" }]
     #[test]
     fn raw_data_is_accepted_for_any_dtype() {
         let bytes: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
-        let ok = predict_inputs(
-            &spec(),
-            &req_t(proto::Tensor { raw_data: bytes.into(), ..tensor(vec![1, 2], vec![]) }),
-            LIMITS,
-        )
-        .unwrap();
+        let ok =
+            predict_inputs(&spec(), &req_t(proto::Tensor { raw_data: bytes, ..tensor(vec![1, 2], vec![]) }), LIMITS)
+                .unwrap();
         assert_eq!(ok.tensors[0].to_f32(), vec![1.0, 2.0]);
     }
 

@@ -1,6 +1,8 @@
 //! Integration tests over gRPC: the real server in-process on an ephemeral port, real
 //! TorchScript fixtures through libtorch, called with the generated tonic clients.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::sync::Arc;

