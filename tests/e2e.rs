@@ -74,7 +74,14 @@ fn grpcurl_lists_describes_calls_and_checks_health_then_sigterm_exits_cleanly() 
 
     let (ok, list) = server.grpcurl(&[], &["list"]);
     assert!(ok, "{list}");
-    for service in ["torchwire.v1.Inference", "torchwire.v1.Admin", "grpc.health.v1.Health"] {
+    let services = [
+        "torchwire.v1.Inference",
+        "torchwire.v1.Admin",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ];
+    for service in services {
         assert!(list.lines().any(|l| l == service), "list shows {service}: {list}");
     }
 
