@@ -11,12 +11,27 @@ use tokio::sync::oneshot;
 use crate::deadline::Deadline;
 use crate::error::Result;
 use crate::model::{HostTensor, Prediction};
+use crate::tokenize::TextInfo;
+
+/// What a job asks the model to run on.
+#[derive(Debug)]
+pub enum Payload {
+    /// Tensors in the manifest's input order, sharing the batch dimension.
+    Tensors(Vec<HostTensor>),
+    /// Texts for a text model, tokenised on the worker thread.
+    Texts {
+        /// The texts, one row each.
+        texts: Vec<String>,
+        /// Tokens per text, special tokens included.
+        max_length: usize,
+    },
+}
 
 /// One request's work for a worker.
 #[derive(Debug)]
 pub struct Job {
-    /// Inputs in the manifest's order, sharing the batch dimension.
-    pub inputs: Vec<HostTensor>,
+    /// The inputs.
+    pub payload: Payload,
     /// Rows (the batch dimension of the inputs).
     pub rows: usize,
     /// When the answer is no longer wanted.
@@ -40,6 +55,8 @@ pub struct JobOutput {
     pub compute: Duration,
     /// Rows in the batch the job ran in.
     pub batch_size: usize,
+    /// Text jobs: how each text was tokenised.
+    pub texts: Vec<TextInfo>,
 }
 
 /// Why a job was not run.

@@ -67,6 +67,12 @@ pub struct ServeArgs {
     /// Most rows (batch entries) one request may carry.
     #[arg(long, env = "TORCHWIRE_MAX_ROWS", default_value_t = 4096)]
     pub max_rows: usize,
+    /// Most texts one Sentiment request may carry.
+    #[arg(long, env = "TORCHWIRE_MAX_TEXTS", default_value_t = 256)]
+    pub max_texts: usize,
+    /// Most bytes (UTF-8) one text may have.
+    #[arg(long, env = "TORCHWIRE_MAX_TEXT_BYTES", default_value_t = 64 * 1024)]
+    pub max_text_bytes: usize,
     /// Seconds shutdown waits for in-flight requests after SIGTERM / SIGINT.
     #[arg(long, env = "TORCHWIRE_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     pub shutdown_grace_secs: u64,
@@ -113,8 +119,8 @@ impl TryFrom<ServeArgs> for Config {
         if a.queue_capacity == 0 {
             return Err("--queue-capacity must be at least 1".into());
         }
-        if a.max_rows == 0 || a.max_tensor_elements == 0 {
-            return Err("--max-rows and --max-tensor-elements must be positive".into());
+        if a.max_rows == 0 || a.max_tensor_elements == 0 || a.max_texts == 0 || a.max_text_bytes == 0 {
+            return Err("--max-rows, --max-tensor-elements, --max-texts and --max-text-bytes must be positive".into());
         }
         Ok(Config {
             grpc_addr: a.grpc_addr,
@@ -126,7 +132,12 @@ impl TryFrom<ServeArgs> for Config {
             queue_capacity: a.queue_capacity,
             intra_op_threads: a.intra_op_threads,
             load_retry_backoff: Duration::from_secs(a.load_retry_backoff_secs),
-            limits: Limits { max_tensor_elements: a.max_tensor_elements, max_rows: a.max_rows },
+            limits: Limits {
+                max_tensor_elements: a.max_tensor_elements,
+                max_rows: a.max_rows,
+                max_texts: a.max_texts,
+                max_text_bytes: a.max_text_bytes,
+            },
             shutdown_grace: Duration::from_secs(a.shutdown_grace_secs),
             cpu_only: a.cpu_only,
             max_concurrent_streams: a.max_concurrent_streams,

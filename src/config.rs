@@ -60,7 +60,7 @@ impl Config {
             queue_capacity: 64,
             intra_op_threads: 1,
             load_retry_backoff: Duration::from_secs(5),
-            limits: Limits { max_tensor_elements: 1 << 24, max_rows: 4096 },
+            limits: Limits { max_tensor_elements: 1 << 24, max_rows: 4096, max_texts: 256, max_text_bytes: 64 * 1024 },
             shutdown_grace: Duration::from_secs(5),
             cpu_only: true,
             max_concurrent_streams: 256,

@@ -32,6 +32,14 @@ impl Device {
         self.to_string()
     }
 
+    /// Default tokens per text on this device kind (a request may ask for less).
+    pub fn default_max_text_length(self) -> usize {
+        match self {
+            Device::Cpu => 256,
+            Device::Cuda(_) => 512,
+        }
+    }
+
     /// The libtorch device.
     pub fn to_tch(self) -> tch::Device {
         match self {

@@ -27,6 +27,9 @@ pub enum Error {
         /// The names that exist, comma-separated.
         available: String,
     },
+    /// The request named no model and the repository has no text model to default to.
+    #[error("no text-classification model in this server's repository; name one in `model`")]
+    NoTextModel,
     /// The device string is not `auto`, `cpu` or `cuda:N`.
     #[error("`device` must be \"auto\", \"cpu\" or \"cuda:N\", got {device:?}")]
     InvalidDevice {
@@ -121,7 +124,7 @@ impl Error {
             | Error::InvalidModelName { .. }
             | Error::InvalidDevice { .. }
             | Error::InvalidInput { .. } => Code::InvalidArgument,
-            Error::ModelNotFound { .. } => Code::NotFound,
+            Error::ModelNotFound { .. } | Error::NoTextModel => Code::NotFound,
             Error::DeviceUnavailable { .. } => Code::FailedPrecondition,
             Error::Unimplemented { .. } => Code::Unimplemented,
             Error::QueueFull { .. } => Code::ResourceExhausted,
@@ -137,6 +140,7 @@ impl Error {
             Error::EmptyModelName => "empty_model_name",
             Error::InvalidModelName { .. } => "invalid_model_name",
             Error::ModelNotFound { .. } => "model_not_found",
+            Error::NoTextModel => "no_text_model",
             Error::InvalidDevice { .. } => "invalid_device",
             Error::DeviceUnavailable { .. } => "device_unavailable",
             Error::InvalidInput { .. } => "invalid_input",
@@ -176,6 +180,7 @@ mod tests {
             (Error::EmptyModelName, Code::InvalidArgument),
             (Error::InvalidModelName { name: s() }, Code::InvalidArgument),
             (Error::ModelNotFound { name: s(), available: s() }, Code::NotFound),
+            (Error::NoTextModel, Code::NotFound),
             (Error::InvalidDevice { device: s() }, Code::InvalidArgument),
             (Error::DeviceUnavailable { device: s(), available: s() }, Code::FailedPrecondition),
             (Error::invalid("f", "r"), Code::InvalidArgument),

@@ -32,6 +32,7 @@ pub mod server;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tokenize;
 pub mod transport;
 pub mod validate;
 pub mod worker;

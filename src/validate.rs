@@ -17,6 +17,68 @@ pub struct Limits {
     pub max_tensor_elements: usize,
     /// Most rows (batch entries) one request may carry.
     pub max_rows: usize,
+    /// Most texts one Sentiment request may carry.
+    pub max_texts: usize,
+    /// Most bytes (UTF-8) one text may have.
+    pub max_text_bytes: usize,
+}
+
+/// Validated inputs of a Sentiment request.
+#[derive(Debug)]
+pub struct TextInputs {
+    /// The texts, in request order.
+    pub texts: Vec<String>,
+    /// Tokens per text, special tokens included.
+    pub max_length: usize,
+}
+
+/// Checks a Sentiment request against a text model and the device's default text length.
+pub fn sentiment_inputs(
+    spec: &ModelSpec,
+    req: proto::SentimentRequest,
+    device_max_length: usize,
+    limits: Limits,
+) -> Result<TextInputs> {
+    let Some(text) = &spec.text else {
+        return Err(Error::invalid(
+            "model",
+            format!("model `{}` is {}; Sentiment needs a text-classification model", spec.name, spec.kind.name()),
+        ));
+    };
+    let texts = match (req.text.is_empty(), req.texts.is_empty()) {
+        (true, true) => return Err(Error::invalid("text", "set `text` or `texts`; both are empty")),
+        (false, false) => return Err(Error::invalid("text", "set `text` or `texts`, not both")),
+        (false, true) => vec![req.text],
+        (true, false) => req.texts,
+    };
+    if texts.len() > limits.max_texts {
+        return Err(Error::invalid(
+            "texts",
+            format!("at most {} texts per request, got {}", limits.max_texts, texts.len()),
+        ));
+    }
+    if let Some((i, t)) = texts.iter().enumerate().find(|(_, t)| t.len() > limits.max_text_bytes) {
+        return Err(Error::invalid(
+            format!("texts[{i}]"),
+            format!("a text may have at most {} bytes, got {}", limits.max_text_bytes, t.len()),
+        ));
+    }
+    let max_length = match req.max_length {
+        0 => device_max_length.min(text.max_length),
+        n if n < 0 => return Err(Error::invalid("max_length", format!("must be positive (0 = the default), got {n}"))),
+        n if n < 2 => return Err(Error::invalid("max_length", "must be at least 2 (the special tokens)")),
+        n => {
+            let n = n as usize;
+            if n > text.max_length {
+                return Err(Error::invalid(
+                    "max_length",
+                    format!("model `{}` takes at most {} tokens, got {n}", spec.name, text.max_length),
+                ));
+            }
+            n
+        }
+    };
+    Ok(TextInputs { texts, max_length })
 }
 
 /// Validated inputs of a Predict request.
@@ -421,7 +483,7 @@ mod tests {
     use crate::model::manifest::parse_manifest;
     use std::path::Path;
 
-    const LIMITS: Limits = Limits { max_tensor_elements: 1 << 20, max_rows: 64 };
+    const LIMITS: Limits = Limits { max_tensor_elements: 1 << 20, max_rows: 64, max_texts: 3, max_text_bytes: 10 };
 
     fn spec() -> ModelSpec {
         parse_manifest(
@@ -531,6 +593,42 @@ features = [{ name = "age", unit = "years" }, { name = "bmi" }]
             let msg = err_of(req);
             assert!(msg.contains(want), "{msg:?} should contain {want:?}");
         }
+    }
+
+    fn text_spec() -> ModelSpec {
+        parse_manifest(
+            "sent",
+            Path::new("/x"),
+            "kind = \"text-classification\"\n[[inputs]]\nname = \"input_ids\"\ndtype = \"int64\"\nshape = [-1, -1]\n[text]\nmax_length = 64\n",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn sentiment_requests_are_checked() {
+        let req = |text: &str, texts: &[&str], max_length: i32| proto::SentimentRequest {
+            text: text.into(),
+            texts: texts.iter().map(|t| (*t).to_owned()).collect(),
+            max_length,
+            ..Default::default()
+        };
+        let ok = sentiment_inputs(&text_spec(), req("good", &[], 0), 256, LIMITS).unwrap();
+        assert_eq!((ok.texts.len(), ok.max_length), (1, 64), "default is capped by the model");
+        assert_eq!(sentiment_inputs(&text_spec(), req("", &["a", "b"], 16), 256, LIMITS).unwrap().max_length, 16);
+        let cases = [
+            (req("", &[], 0), "both are empty"),
+            (req("a", &["b"], 0), "not both"),
+            (req("", &["a", "b", "c", "d"], 0), "at most 3 texts"),
+            (req("this text is too long", &[], 0), "at most 10 bytes, got 21"),
+            (req("a", &[], -1), "must be positive"),
+            (req("a", &[], 65), "at most 64 tokens"),
+        ];
+        for (r, want) in cases {
+            let e = sentiment_inputs(&text_spec(), r, 256, LIMITS).unwrap_err();
+            assert!(e.to_string().contains(want), "{e} should contain {want}");
+        }
+        let e = sentiment_inputs(&spec(), req("a", &[], 0), 256, LIMITS).unwrap_err();
+        assert!(e.to_string().contains("needs a text-classification model"), "{e}");
     }
 
     #[test]

@@ -12,10 +12,11 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crate::batch::{Job, JobOutput, Skip, check_live};
+use crate::batch::{Job, JobOutput, Payload, Skip, check_live};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::model::{Backend, ModelSpec, SharedFactory, classify};
+use crate::model::{Backend, HostTensor, ModelSpec, SharedFactory, classify};
+use crate::tokenize::{TextEncoder, TextInfo};
 
 /// Cloneable sender side of a worker's queue.
 #[derive(Clone, Debug)]
@@ -83,8 +84,12 @@ pub fn spawn_worker(
     std::thread::Builder::new().name(format!("torch-{}-{}", spec.name, device)).spawn(move || {
         // Grad mode is per thread: set it once for everything this thread runs.
         let _no_grad = tch::no_grad_guard();
-        let backend = match factory.load(&spec, device, threads) {
-            Ok(b) => b,
+        let loaded = factory.load(&spec, device, threads).and_then(|backend| {
+            let encoder = spec.text.as_ref().map(|t| TextEncoder::load(&t.tokenizer)).transpose()?;
+            Ok((backend, encoder))
+        });
+        let (backend, encoder) = match loaded {
+            Ok(x) => x,
             Err(reason) => {
                 on_loaded(Err(reason));
                 return;
@@ -93,11 +98,17 @@ pub fn spawn_worker(
         let counters = Arc::clone(&handle.counters);
         let memory_bytes = backend.memory_bytes();
         on_loaded(Ok(Loaded { handle, memory_bytes }));
-        run_worker(&spec, backend, &rx, &counters);
+        run_worker(&spec, backend, encoder, &rx, &counters);
     })
 }
 
-fn run_worker(spec: &ModelSpec, mut backend: Box<dyn Backend>, rx: &Receiver<Job>, counters: &WorkerCounters) {
+fn run_worker(
+    spec: &ModelSpec,
+    mut backend: Box<dyn Backend>,
+    mut encoder: Option<TextEncoder>,
+    rx: &Receiver<Job>,
+    counters: &WorkerCounters,
+) {
     while let Ok(job) = rx.recv() {
         match check_live(&job) {
             Some(Skip::Cancelled) => {
@@ -113,15 +124,33 @@ fn run_worker(spec: &ModelSpec, mut backend: Box<dyn Backend>, rx: &Receiver<Job
         }
         let queue = job.enqueued.elapsed();
         let started = Instant::now();
-        let result = backend.forward(job.inputs);
+        let result = run_payload(spec, backend.as_mut(), encoder.as_mut(), job.payload);
         let compute = started.elapsed();
-        let answer = result.map_err(|detail| Error::Forward { model: spec.name.clone(), detail }).map(|outputs| {
-            let predictions = predictions_for(spec, &outputs, job.rows);
-            JobOutput { outputs, predictions, queue, compute, batch_size: job.rows }
-        });
+        let answer =
+            result.map_err(|detail| Error::Forward { model: spec.name.clone(), detail }).map(|(outputs, texts)| {
+                let predictions = predictions_for(spec, &outputs, job.rows);
+                JobOutput { outputs, predictions, queue, compute, batch_size: job.rows, texts }
+            });
         counters.completed.fetch_add(1, Ordering::Relaxed);
         // The client may have gone while we computed; its answer is simply discarded.
         let _ = job.reply.send(answer);
+    }
+}
+
+/// Tokenises (text jobs) and runs the forward pass.
+fn run_payload(
+    spec: &ModelSpec,
+    backend: &mut dyn Backend,
+    encoder: Option<&mut TextEncoder>,
+    payload: Payload,
+) -> std::result::Result<(Vec<HostTensor>, Vec<TextInfo>), String> {
+    match payload {
+        Payload::Tensors(inputs) => Ok((backend.forward(inputs)?, Vec::new())),
+        Payload::Texts { texts, max_length } => {
+            let encoder = encoder.ok_or("text job for a model without a tokenizer; this is a bug")?;
+            let (inputs, infos) = encoder.encode(&texts, max_length, &spec.inputs)?;
+            Ok((backend.forward(inputs)?, infos))
+        }
     }
 }
 

@@ -109,7 +109,21 @@ pub struct ModelSpec {
     pub max_batch_size: usize,
     /// Keep resident once loaded.
     pub pin: bool,
+    /// Text models: tokenizer and length limit.
+    pub text: Option<TextSpec>,
 }
+
+/// How a text model turns text into its inputs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextSpec {
+    /// The tokenizer file, inside the model's folder.
+    pub tokenizer: PathBuf,
+    /// The most tokens the model takes (its position table), special tokens included.
+    pub max_length: usize,
+}
+
+/// Inputs a text model may take; the tokenizer fills each.
+pub const TEXT_INPUTS: [&str; 3] = ["input_ids", "attention_mask", "token_type_ids"];
 
 impl ModelSpec {
     /// The TorchScript file.
@@ -138,6 +152,20 @@ struct RawManifest {
     batching: RawBatching,
     #[serde(default)]
     pin: bool,
+    #[serde(default)]
+    text: Option<RawText>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawText {
+    #[serde(default = "default_tokenizer")]
+    tokenizer: String,
+    max_length: usize,
+}
+
+fn default_tokenizer() -> String {
+    "tokenizer.json".to_owned()
 }
 
 #[derive(Deserialize)]
@@ -220,6 +248,12 @@ pub fn parse_manifest(name: &str, dir: &Path, text: &str) -> Result<ModelSpec, S
             return Err("feature names must be unique".into());
         }
     }
+    let text = match (kind, raw.text) {
+        (ModelKind::TextClassification, Some(t)) => Some(text_spec(dir, t, &inputs)?),
+        (ModelKind::TextClassification, None) => return Err("a text-classification model needs a [text] table".into()),
+        (ModelKind::Tabular, Some(_)) => return Err("[text] is only for text-classification models".into()),
+        (ModelKind::Tabular, None) => None,
+    };
     let max_batch_size = raw.batching.max_batch_size.unwrap_or(DEFAULT_MAX_BATCH_SIZE);
     if max_batch_size == 0 {
         return Err("batching.max_batch_size must be at least 1".into());
@@ -236,7 +270,33 @@ pub fn parse_manifest(name: &str, dir: &Path, text: &str) -> Result<ModelSpec, S
         provenance: raw.provenance,
         max_batch_size,
         pin: raw.pin,
+        text,
     })
+}
+
+fn text_spec(dir: &Path, t: RawText, inputs: &[InputSpec]) -> Result<TextSpec, String> {
+    // The tokenizer is a plain file name inside the model's folder: never a path elsewhere.
+    let plain = !t.tokenizer.is_empty()
+        && !t.tokenizer.starts_with('.')
+        && t.tokenizer.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !plain {
+        return Err(format!("text.tokenizer must be a file name in the model folder, got {:?}", t.tokenizer));
+    }
+    if t.max_length < 2 {
+        return Err("text.max_length must be at least 2".into());
+    }
+    for i in inputs {
+        if !TEXT_INPUTS.contains(&i.name.as_str()) {
+            return Err(format!("text model inputs are among {TEXT_INPUTS:?}, got {:?}", i.name));
+        }
+        if !matches!(i.dtype, DType::I64 | DType::I32) || i.shape.len() != 2 {
+            return Err(format!("text input {:?} must be int64 or int32 with shape [-1, -1]", i.name));
+        }
+    }
+    if !inputs.iter().any(|i| i.name == "input_ids") {
+        return Err("a text model takes input_ids".into());
+    }
+    Ok(TextSpec { tokenizer: dir.join(&t.tokenizer), max_length: t.max_length })
 }
 
 /// The scanned model repository: name -> spec, in name order.
@@ -291,6 +351,17 @@ impl Repository {
             .get(name)
             .cloned()
             .ok_or_else(|| Error::ModelNotFound { name: name.to_owned(), available: self.names().join(", ") })
+    }
+
+    /// The text model Sentiment uses when a request names none: `sentiment` when it exists,
+    /// else the first text-classification model by name.
+    pub fn default_text_model(&self) -> Result<Arc<ModelSpec>> {
+        self.models
+            .get("sentiment")
+            .filter(|s| s.kind == ModelKind::TextClassification)
+            .or_else(|| self.models.values().find(|s| s.kind == ModelKind::TextClassification))
+            .cloned()
+            .ok_or(Error::NoTextModel)
     }
 
     /// Every model name, sorted.
@@ -349,6 +420,39 @@ features = [{ name = "age", unit = "years" }, { name = "bmi", unit = "kg/m2" }]
         ];
         for (text, want) in cases {
             let err = parse_manifest("m", Path::new("/x"), &text).unwrap_err();
+            assert!(err.contains(want), "{err} should mention {want}");
+        }
+    }
+
+    const TEXT: &str = r#"
+kind = "text-classification"
+labels = ["negative", "positive"]
+[[inputs]]
+name = "input_ids"
+dtype = "int64"
+shape = [-1, -1]
+[[inputs]]
+name = "attention_mask"
+dtype = "int64"
+shape = [-1, -1]
+[text]
+max_length = 512
+"#;
+
+    #[test]
+    fn parses_a_text_manifest_and_checks_it() {
+        let spec = parse_manifest("s", Path::new("/m/s"), TEXT).unwrap();
+        let text = spec.text.unwrap();
+        assert_eq!(text.tokenizer, Path::new("/m/s/tokenizer.json"));
+        assert_eq!(text.max_length, 512);
+        let cases = [
+            (TEXT.replace("max_length = 512", "max_length = 512\ntokenizer = \"../../etc/passwd\""), "file name"),
+            (TEXT.replace("[text]\nmax_length = 512", ""), "needs a [text] table"),
+            (TEXT.replace("\"attention_mask\"", "\"pixels\""), "inputs are among"),
+            (TEXT.replace("dtype = \"int64\"", "dtype = \"float32\""), "int64 or int32"),
+        ];
+        for (text, want) in cases {
+            let err = parse_manifest("s", Path::new("/x"), &text).unwrap_err();
             assert!(err.contains(want), "{err} should mention {want}");
         }
     }

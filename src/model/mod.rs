@@ -13,7 +13,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::device::Device;
-pub use manifest::{InputSpec, ModelKind, ModelSpec, OutputKind};
+pub use manifest::{InputSpec, ModelKind, ModelSpec, OutputKind, TextSpec};
 
 /// Element type of a tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,4 +1,4 @@
-//! `torchwire.v1.Inference`: Predict (Sentiment and Stats land with their issues).
+//! `torchwire.v1.Inference`: Predict and Sentiment (Stats lands with the observability work).
 //!
 //! A Predict goes: model name -> spec, device -> resolved device, request -> validated inputs,
 //! then the (model, device) worker, loaded on first use; the answer comes back on a oneshot.
@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 
 use super::{SharedState, boundary};
-use crate::batch::Job;
+use crate::batch::{Job, JobOutput, Payload};
 use crate::deadline::Deadline;
 use crate::device::DeviceRequest;
 use crate::error::{Error, Result};
@@ -41,7 +41,7 @@ impl Inference for InferenceService {
         req: Request<proto::SentimentRequest>,
     ) -> Result<Response<proto::SentimentResponse>, Status> {
         let deadline = self.state.deadline(&req);
-        boundary(&self.state, "Sentiment", deadline, async { Err(Error::Unimplemented { rpc: "Sentiment" }) }).await
+        boundary(&self.state, "Sentiment", deadline, sentiment(&self.state, req.into_inner(), deadline)).await
     }
 
     async fn stats(&self, req: Request<proto::StatsRequest>) -> Result<Response<proto::StatsResponse>, Status> {
@@ -59,22 +59,90 @@ async fn predict(
     let spec = state.registry.spec(&req.model)?;
     let device = state.registry.devices().resolve(DeviceRequest::parse(&req.device)?)?;
     let inputs = validate::predict_inputs(&spec, &req, state.config.limits)?;
-    let worker = state.registry.get_or_load(&spec, device).await?;
-    let (reply, answer) = oneshot::channel();
-    worker.submit(Job { inputs: inputs.tensors, rows: inputs.rows, deadline, enqueued: Instant::now(), reply })?;
-    let out = answer.await.map_err(|_| Error::internal("worker dropped a job without answering"))??;
+    let out = run_job(state, &spec, device, deadline, Payload::Tensors(inputs.tensors), inputs.rows).await?;
     Ok(proto::PredictResponse {
         model: spec.name.clone(),
         device: device.to_string(),
         predictions: out.predictions.iter().map(|p| classification(&spec, p)).collect(),
+        timing: Some(timing(&out, arrived)),
         outputs: out.outputs.into_iter().map(proto::Tensor::from).collect(),
-        timing: Some(proto::Timing {
-            queue_us: micros(out.queue),
-            compute_us: micros(out.compute),
-            total_us: micros(arrived.elapsed()),
-            batch_size: i32::try_from(out.batch_size).unwrap_or(i32::MAX),
-        }),
     })
+}
+
+async fn sentiment(
+    state: &SharedState,
+    req: proto::SentimentRequest,
+    deadline: Deadline,
+) -> Result<proto::SentimentResponse> {
+    let arrived = Instant::now();
+    let spec = if req.model.is_empty() {
+        state.registry.repository().default_text_model()?
+    } else {
+        state.registry.spec(&req.model)?
+    };
+    let device = state.registry.devices().resolve(DeviceRequest::parse(&req.device)?)?;
+    let inputs = validate::sentiment_inputs(&spec, req, device.default_max_text_length(), state.config.limits)?;
+    let rows = inputs.texts.len();
+    let out = run_job(
+        state,
+        &spec,
+        device,
+        deadline,
+        Payload::Texts { texts: inputs.texts, max_length: inputs.max_length },
+        rows,
+    )
+    .await?;
+    let results = out
+        .predictions
+        .iter()
+        .zip(&out.texts)
+        .map(|(p, info)| {
+            let c = classification(&spec, p);
+            proto::SentimentResult {
+                label: c.label,
+                score: c.score,
+                probabilities: c.probabilities,
+                tokens: i32::try_from(info.tokens).unwrap_or(i32::MAX),
+                truncated: info.truncated,
+            }
+        })
+        .collect::<Vec<_>>();
+    if results.len() != rows {
+        return Err(Error::Forward {
+            model: spec.name.clone(),
+            detail: format!("expected {rows} predictions of {} labels, got {}", spec.labels.len(), results.len()),
+        });
+    }
+    Ok(proto::SentimentResponse {
+        results,
+        model: spec.name.clone(),
+        device: device.to_string(),
+        timing: Some(timing(&out, arrived)),
+    })
+}
+
+/// Loads the model if needed, queues the job and waits for its answer.
+async fn run_job(
+    state: &SharedState,
+    spec: &std::sync::Arc<ModelSpec>,
+    device: crate::device::Device,
+    deadline: Deadline,
+    payload: Payload,
+    rows: usize,
+) -> Result<JobOutput> {
+    let worker = state.registry.get_or_load(spec, device).await?;
+    let (reply, answer) = oneshot::channel();
+    worker.submit(Job { payload, rows, deadline, enqueued: Instant::now(), reply })?;
+    answer.await.map_err(|_| Error::internal("worker dropped a job without answering"))?
+}
+
+fn timing(out: &JobOutput, arrived: Instant) -> proto::Timing {
+    proto::Timing {
+        queue_us: micros(out.queue),
+        compute_us: micros(out.compute),
+        total_us: micros(arrived.elapsed()),
+        batch_size: i32::try_from(out.batch_size).unwrap_or(i32::MAX),
+    }
 }
 
 fn micros(d: std::time::Duration) -> i64 {
