@@ -104,7 +104,7 @@ def attention_bias(attention_mask: torch.Tensor) -> torch.Tensor:
     """[B, T] 0/1 mask -> [B, 1, 1, T] additive bias (finfo.min, not -inf: no NaN for a row
     that is all padding)."""
     keep = attention_mask.to(torch.float32).unsqueeze(1).unsqueeze(2)
-    return (1.0 - keep) * torch.finfo(torch.float32).min
+    return (1.0 - keep) * -3.4028234663852886e38  # torch.finfo(torch.float32).min
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

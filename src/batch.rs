@@ -78,3 +78,123 @@ pub fn check_live(job: &Job) -> Option<Skip> {
         None
     }
 }
+
+/// How a worker forms batches.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchPolicy {
+    /// Most rows (tabular rows or texts) one forward pass takes; a single larger job runs alone.
+    pub max_rows: usize,
+    /// How long the worker may wait for more jobs once it has one; zero = never wait.
+    pub max_delay: Duration,
+}
+
+/// Whether `b` can run in one forward pass with `a`: same kind, same input dtypes and
+/// trailing dimensions (tensors), or the same max length (texts).
+pub fn compatible(a: &Payload, b: &Payload) -> bool {
+    match (a, b) {
+        (Payload::Tensors(x), Payload::Tensors(y)) => {
+            x.len() == y.len()
+                && x.iter().zip(y).all(|(s, t)| s.dtype == t.dtype && s.shape.get(1..) == t.shape.get(1..))
+        }
+        (Payload::Texts { max_length: m, .. }, Payload::Texts { max_length: n, .. }) => m == n,
+        _ => false,
+    }
+}
+
+/// Concatenates compatible payloads along the batch dimension.
+pub fn merge(payloads: Vec<Payload>) -> Payload {
+    let mut it = payloads.into_iter();
+    let Some(first) = it.next() else { return Payload::Tensors(Vec::new()) };
+    it.fold(first, |acc, p| match (acc, p) {
+        (Payload::Tensors(mut xs), Payload::Tensors(ys)) => {
+            for (x, y) in xs.iter_mut().zip(ys) {
+                x.shape[0] += y.shape[0];
+                x.data.extend_from_slice(&y.data);
+            }
+            Payload::Tensors(xs)
+        }
+        (Payload::Texts { mut texts, max_length }, Payload::Texts { texts: more, .. }) => {
+            texts.extend(more);
+            Payload::Texts { texts, max_length }
+        }
+        (acc, _) => acc, // `compatible` keeps kinds apart; unreachable in practice.
+    })
+}
+
+/// Splits a batch's outputs back into one set per job, by the jobs' row counts. Every output
+/// must have the batch as its first dimension, except when there is only one job.
+pub fn split(outputs: Vec<HostTensor>, rows: &[usize]) -> Result<Vec<Vec<HostTensor>>, String> {
+    if rows.len() == 1 {
+        return Ok(vec![outputs]);
+    }
+    let total: usize = rows.iter().sum();
+    let mut per_job: Vec<Vec<HostTensor>> = rows.iter().map(|_| Vec::with_capacity(outputs.len())).collect();
+    for out in outputs {
+        if out.shape.first().and_then(|d| usize::try_from(*d).ok()) != Some(total) || out.data.len() % total != 0 {
+            return Err(format!(
+                "output `{}` has shape {:?}; its first dimension must be the batch ({total}) to split it",
+                out.name, out.shape
+            ));
+        }
+        let row_bytes = out.data.len() / total;
+        let mut offset = 0;
+        for (job, &n) in per_job.iter_mut().zip(rows) {
+            let mut shape = out.shape.clone();
+            shape[0] = n as i64;
+            job.push(HostTensor {
+                name: out.name.clone(),
+                dtype: out.dtype,
+                shape,
+                data: out.data[offset..offset + n * row_bytes].to_vec(),
+            });
+            offset += n * row_bytes;
+        }
+    }
+    Ok(per_job)
+}
+
+/// Splits per-row items (predictions, text infos) by the jobs' row counts.
+pub fn split_rows<T>(items: Vec<T>, rows: &[usize]) -> Vec<Vec<T>> {
+    let mut it = items.into_iter();
+    rows.iter().map(|&n| it.by_ref().take(n).collect()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(rows: i64, values: &[f32]) -> Payload {
+        Payload::Tensors(vec![HostTensor::from_f32("x", vec![rows, 2], values)])
+    }
+
+    #[test]
+    fn merge_then_split_gives_each_job_its_rows() {
+        let merged = merge(vec![t(1, &[1.0, 2.0]), t(2, &[3.0, 4.0, 5.0, 6.0])]);
+        let Payload::Tensors(xs) = merged else { panic!("tensors") };
+        assert_eq!(xs[0].shape, vec![3, 2]);
+        assert_eq!(xs[0].to_f32(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let parts = split(xs, &[1, 2]).unwrap();
+        assert_eq!(parts[0][0].to_f32(), vec![1.0, 2.0]);
+        assert_eq!(parts[1][0].shape, vec![2, 2]);
+        assert_eq!(parts[1][0].to_f32(), vec![3.0, 4.0, 5.0, 6.0]);
+        assert_eq!(split_rows(vec!['a', 'b', 'c'], &[1, 2]), vec![vec!['a'], vec!['b', 'c']]);
+    }
+
+    #[test]
+    fn only_like_payloads_batch_together() {
+        assert!(compatible(&t(1, &[0.0; 2]), &t(3, &[0.0; 6])));
+        let wide = Payload::Tensors(vec![HostTensor::from_f32("x", vec![1, 3], &[0.0; 3])]);
+        assert!(!compatible(&t(1, &[0.0; 2]), &wide));
+        let text = |m| Payload::Texts { texts: vec!["a".into()], max_length: m };
+        assert!(compatible(&text(16), &text(16)));
+        assert!(!compatible(&text(16), &text(32)));
+        assert!(!compatible(&text(16), &t(1, &[0.0; 2])));
+    }
+
+    #[test]
+    fn an_output_without_the_batch_dimension_cannot_be_split() {
+        let odd = HostTensor::from_f32("y", vec![2], &[1.0, 2.0]);
+        assert!(split(vec![odd.clone()], &[1]).is_ok(), "one job takes any output");
+        assert!(split(vec![odd], &[1, 2]).unwrap_err().contains("first dimension"));
+    }
+}

@@ -32,6 +32,14 @@ impl Device {
         self.to_string()
     }
 
+    /// Default largest batch, in rows, on this device kind (a manifest may set its own).
+    pub fn default_max_batch_size(self) -> usize {
+        match self {
+            Device::Cpu => 8,
+            Device::Cuda(_) => 32,
+        }
+    }
+
     /// Default tokens per text on this device kind (a request may ask for less).
     pub fn default_max_text_length(self) -> usize {
         match self {

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use dashmap::DashMap;
 use tokio::sync::watch;
 
+use crate::batch::BatchPolicy;
 use crate::device::{Device, Devices};
 use crate::error::{Error, Result};
 use crate::model::manifest::Repository;
@@ -208,6 +209,7 @@ impl ModelRegistry {
     ) -> Result<()> {
         let started = Instant::now();
         let name = spec.name.clone();
+        let (spec_max_batch, spec_delay) = (spec.max_batch_size, spec.max_queue_delay);
         let on_loaded = move |outcome: std::result::Result<Loaded, String>| {
             let load_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             let mut state = slot.lock();
@@ -231,6 +233,10 @@ impl ModelRegistry {
             Arc::clone(&self.factory),
             self.config.threads_per_worker,
             self.config.queue_capacity,
+            BatchPolicy {
+                max_rows: spec_max_batch.unwrap_or_else(|| device.default_max_batch_size()),
+                max_delay: spec_delay,
+            },
             on_loaded,
         )
         .map_err(|e| Error::internal(format!("spawning worker thread: {e}")))?;

@@ -12,7 +12,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crate::batch::{Job, JobOutput, Payload, Skip, check_live};
+use crate::batch::{BatchPolicy, Job, JobOutput, Payload, Skip, check_live, compatible, merge, split, split_rows};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::model::{Backend, HostTensor, ModelSpec, SharedFactory, classify};
@@ -37,7 +37,11 @@ pub struct WorkerCounters {
     /// Jobs dropped because the client went away.
     pub cancelled: AtomicU64,
     /// Jobs dropped because their deadline passed in the queue.
-    pub expired: AtomicU64,
+    pub expired_queued: AtomicU64,
+    /// Jobs computed whose deadline passed while computing (result discarded).
+    pub expired_computing: AtomicU64,
+    /// Forward passes run.
+    pub batches: AtomicU64,
 }
 
 /// How a load went, reported once by the worker thread.
@@ -77,6 +81,7 @@ pub fn spawn_worker(
     factory: SharedFactory,
     threads: usize,
     capacity: usize,
+    policy: BatchPolicy,
     on_loaded: impl FnOnce(std::result::Result<Loaded, String>) + Send + 'static,
 ) -> std::io::Result<JoinHandle<()>> {
     let (tx, rx) = sync_channel(capacity);
@@ -98,7 +103,7 @@ pub fn spawn_worker(
         let counters = Arc::clone(&handle.counters);
         let memory_bytes = backend.memory_bytes();
         on_loaded(Ok(Loaded { handle, memory_bytes }));
-        run_worker(&spec, backend, encoder, &rx, &counters);
+        run_worker(&spec, backend, encoder, &rx, &counters, policy);
     })
 }
 
@@ -108,32 +113,96 @@ fn run_worker(
     mut encoder: Option<TextEncoder>,
     rx: &Receiver<Job>,
     counters: &WorkerCounters,
+    policy: BatchPolicy,
 ) {
-    while let Ok(job) = rx.recv() {
-        match check_live(&job) {
-            Some(Skip::Cancelled) => {
-                counters.cancelled.fetch_add(1, Ordering::Relaxed);
-                continue;
+    // A job taken from the queue that did not fit the batch being formed opens the next one.
+    let mut carry: Option<Job> = None;
+    loop {
+        let first = match carry.take() {
+            Some(job) => job,
+            None => match rx.recv() {
+                Ok(job) => job,
+                Err(_) => return, // every handle dropped: unloaded or shutting down
+            },
+        };
+        let Some(first) = keep_live(first, counters) else { continue };
+        let mut rows = first.rows;
+        let mut batch = vec![first];
+        let wait_until = Instant::now() + policy.max_delay;
+        while rows < policy.max_rows {
+            let now = Instant::now();
+            let next = if now >= wait_until { rx.try_recv().ok() } else { rx.recv_timeout(wait_until - now).ok() };
+            let Some(job) = next else { break };
+            let Some(job) = keep_live(job, counters) else { continue };
+            if rows + job.rows > policy.max_rows || !compatible(&batch[0].payload, &job.payload) {
+                carry = Some(job);
+                break;
             }
-            Some(Skip::Expired) => {
-                counters.expired.fetch_add(1, Ordering::Relaxed);
-                let _ = job.reply.send(Err(Error::DeadlineExceeded { stage: "queued" }));
-                continue;
-            }
-            None => {}
+            rows += job.rows;
+            batch.push(job);
         }
-        let queue = job.enqueued.elapsed();
-        let started = Instant::now();
-        let result = run_payload(spec, backend.as_mut(), encoder.as_mut(), job.payload);
-        let compute = started.elapsed();
-        let answer =
-            result.map_err(|detail| Error::Forward { model: spec.name.clone(), detail }).map(|(outputs, texts)| {
-                let predictions = predictions_for(spec, &outputs, job.rows);
-                JobOutput { outputs, predictions, queue, compute, batch_size: job.rows, texts }
-            });
-        counters.completed.fetch_add(1, Ordering::Relaxed);
-        // The client may have gone while we computed; its answer is simply discarded.
-        let _ = job.reply.send(answer);
+        run_batch(spec, backend.as_mut(), encoder.as_mut(), batch, rows, counters);
+    }
+}
+
+/// Drops a job whose client left (counted) or whose deadline passed in the queue (answered
+/// DEADLINE_EXCEEDED, counted); returns the job otherwise.
+fn keep_live(job: Job, counters: &WorkerCounters) -> Option<Job> {
+    match check_live(&job) {
+        None => Some(job),
+        Some(Skip::Cancelled) => {
+            counters.cancelled.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+        Some(Skip::Expired) => {
+            counters.expired_queued.fetch_add(1, Ordering::Relaxed);
+            let _ = job.reply.send(Err(Error::DeadlineExceeded { stage: "queued" }));
+            None
+        }
+    }
+}
+
+/// One forward pass over the batch, then each job gets its own rows back.
+fn run_batch(
+    spec: &ModelSpec,
+    backend: &mut dyn Backend,
+    encoder: Option<&mut TextEncoder>,
+    batch: Vec<Job>,
+    rows: usize,
+    counters: &WorkerCounters,
+) {
+    let started = Instant::now();
+    let row_counts: Vec<usize> = batch.iter().map(|j| j.rows).collect();
+    let mut replies = Vec::with_capacity(batch.len());
+    let mut payloads = Vec::with_capacity(batch.len());
+    for job in batch {
+        payloads.push(job.payload);
+        replies.push((job.reply, job.deadline, started.duration_since(job.enqueued)));
+    }
+    let result = run_payload(spec, backend, encoder, merge(payloads)).and_then(|(outputs, texts)| {
+        let predictions = predictions_for(spec, &outputs, rows);
+        let outputs = split(outputs, &row_counts)?;
+        Ok((outputs, split_rows(predictions, &row_counts), split_rows(texts, &row_counts)))
+    });
+    let compute = started.elapsed();
+    counters.batches.fetch_add(1, Ordering::Relaxed);
+    counters.completed.fetch_add(replies.len() as u64, Ordering::Relaxed);
+    match result {
+        Ok((outputs, predictions, texts)) => {
+            let parts = outputs.into_iter().zip(predictions).zip(texts);
+            for ((reply, deadline, queue), ((outputs, predictions), texts)) in replies.into_iter().zip(parts) {
+                if deadline.is_expired() {
+                    // Computed, but too late: the handler has already answered DEADLINE_EXCEEDED.
+                    counters.expired_computing.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = reply.send(Ok(JobOutput { outputs, predictions, queue, compute, batch_size: rows, texts }));
+            }
+        }
+        Err(detail) => {
+            for (reply, _, _) in replies {
+                let _ = reply.send(Err(Error::Forward { model: spec.name.clone(), detail: detail.clone() }));
+            }
+        }
     }
 }
 

@@ -18,19 +18,29 @@ pub struct FakeFactory {
     pub load_delay: Duration,
     /// How long each forward pass takes.
     pub forward_delay: Duration,
+    /// Rows every backend of this factory has run, shared with the test.
+    pub rows_seen: Arc<AtomicUsize>,
+    /// Forward passes every backend of this factory has run.
+    pub forwards: Arc<AtomicUsize>,
 }
 
 /// The fake model.
 #[derive(Debug)]
 pub struct FakeBackend {
     forward_delay: Duration,
+    rows_seen: Arc<AtomicUsize>,
+    forwards: Arc<AtomicUsize>,
 }
 
 impl BackendFactory for FakeFactory {
     fn load(&self, _spec: &ModelSpec, _device: Device, _threads: usize) -> Result<Box<dyn Backend>, String> {
         std::thread::sleep(self.load_delay);
         self.loads.fetch_add(1, Ordering::SeqCst);
-        Ok(Box::new(FakeBackend { forward_delay: self.forward_delay }))
+        Ok(Box::new(FakeBackend {
+            forward_delay: self.forward_delay,
+            rows_seen: Arc::clone(&self.rows_seen),
+            forwards: Arc::clone(&self.forwards),
+        }))
     }
 }
 
@@ -41,6 +51,8 @@ impl Backend for FakeBackend {
         if x.dtype != DType::F32 || x.shape.len() != 2 {
             return Err("fake backend takes one float32 [batch, n] input".into());
         }
+        self.forwards.fetch_add(1, Ordering::SeqCst);
+        self.rows_seen.fetch_add(usize::try_from(x.shape[0]).unwrap_or(0), Ordering::SeqCst);
         let values = x.to_f32();
         let width = usize::try_from(x.shape[1]).map_err(|_| "bad width")?.max(1);
         let logits: Vec<f32> = values

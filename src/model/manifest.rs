@@ -105,8 +105,10 @@ pub struct ModelSpec {
     pub inputs: Vec<InputSpec>,
     /// Provenance of the weights.
     pub provenance: Provenance,
-    /// Largest batch, in rows, the model runs at once.
-    pub max_batch_size: usize,
+    /// Largest batch, in rows, the model runs at once; `None` = the device's default.
+    pub max_batch_size: Option<usize>,
+    /// How long a worker may wait to fill a batch; zero = never wait.
+    pub max_queue_delay: std::time::Duration,
     /// Keep resident once loaded.
     pub pin: bool,
     /// Text models: tokenizer and length limit.
@@ -183,10 +185,9 @@ struct RawInput {
 struct RawBatching {
     #[serde(default)]
     max_batch_size: Option<usize>,
+    #[serde(default)]
+    max_queue_delay_ms: u64,
 }
-
-/// Default largest batch when the manifest names none.
-pub const DEFAULT_MAX_BATCH_SIZE: usize = 32;
 
 /// Checks a model name before it is used for anything.
 pub fn check_model_name(name: &str) -> Result<()> {
@@ -254,8 +255,8 @@ pub fn parse_manifest(name: &str, dir: &Path, text: &str) -> Result<ModelSpec, S
         (ModelKind::Tabular, Some(_)) => return Err("[text] is only for text-classification models".into()),
         (ModelKind::Tabular, None) => None,
     };
-    let max_batch_size = raw.batching.max_batch_size.unwrap_or(DEFAULT_MAX_BATCH_SIZE);
-    if max_batch_size == 0 {
+    let max_batch_size = raw.batching.max_batch_size;
+    if max_batch_size == Some(0) {
         return Err("batching.max_batch_size must be at least 1".into());
     }
     Ok(ModelSpec {
@@ -269,6 +270,7 @@ pub fn parse_manifest(name: &str, dir: &Path, text: &str) -> Result<ModelSpec, S
         inputs,
         provenance: raw.provenance,
         max_batch_size,
+        max_queue_delay: std::time::Duration::from_millis(raw.batching.max_queue_delay_ms.min(10_000)),
         pin: raw.pin,
         text,
     })
@@ -405,7 +407,7 @@ features = [{ name = "age", unit = "years" }, { name = "bmi", unit = "kg/m2" }]
         assert_eq!(spec.kind, ModelKind::Tabular);
         assert_eq!(spec.inputs[0].features[1].unit, "kg/m2");
         assert_eq!(spec.output, OutputKind::Logits);
-        assert_eq!(spec.max_batch_size, DEFAULT_MAX_BATCH_SIZE);
+        assert_eq!(spec.max_batch_size, None);
     }
 
     #[test]

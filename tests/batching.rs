@@ -1,0 +1,113 @@
+//! Batching, admission and cancellation through the real server, with the fake backend (whose
+//! forward pass returns `[-sum(row), sum(row)]` per row after a set delay) so timings are
+//! controlled and the backend can say exactly what it ran.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{TestServer, fixtures_dir};
+use tonic::Code;
+use torchwire::config::Config;
+use torchwire::model::fake::FakeFactory;
+use torchwire::proto::{DataType, PredictRequest, Tensor};
+
+fn one_row(v: f32) -> PredictRequest {
+    PredictRequest {
+        model: "tiny_risk".into(),
+        device: "cpu".into(),
+        inputs: vec![Tensor {
+            name: "features".into(),
+            dtype: DataType::Float32 as i32,
+            shape: vec![1, 4],
+            float_data: vec![v, 0.0, 0.0, 0.0],
+            ..Default::default()
+        }],
+        rows: vec![],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_share_forward_passes_and_each_gets_its_own_rows() {
+    let factory = FakeFactory { forward_delay: Duration::from_millis(60), ..FakeFactory::default() };
+    let forwards = Arc::clone(&factory.forwards);
+    let server = TestServer::start_with(Config::for_tests(fixtures_dir()), Arc::new(factory)).await;
+    // Load first, so the concurrent requests below queue behind one another.
+    server.inference().predict(one_row(0.5)).await.unwrap();
+    let calls: Vec<_> = (1..=16)
+        .map(|i| {
+            let mut c = server.inference();
+            tokio::spawn(async move { (i, c.predict(one_row(i as f32)).await) })
+        })
+        .collect();
+    let mut batched = 0;
+    for call in calls {
+        let (i, resp) = call.await.unwrap();
+        let resp = resp.unwrap().into_inner();
+        assert_eq!(resp.outputs[0].shape, vec![1, 2]);
+        assert_eq!(resp.outputs[0].float_data, vec![-(i as f32), i as f32], "request {i} got its own row back");
+        let size = resp.timing.unwrap().batch_size;
+        assert!(size <= 8, "CPU default max batch is 8, got {size}");
+        if size > 1 {
+            batched += 1;
+        }
+    }
+    assert!(batched > 0, "some requests ran in batches larger than 1");
+    assert!(forwards.load(Ordering::SeqCst) < 17, "fewer forward passes than requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_resource_exhausted_at_once() {
+    let factory = FakeFactory { forward_delay: Duration::from_millis(300), ..FakeFactory::default() };
+    let config = Config { queue_capacity: 1, ..Config::for_tests(fixtures_dir()) };
+    let server = TestServer::start_with(config, Arc::new(factory)).await;
+    server.inference().predict(one_row(1.0)).await.unwrap();
+    let calls: Vec<_> = (0..6)
+        .map(|i| {
+            let mut c = server.inference();
+            tokio::spawn(async move { c.predict(one_row(i as f32)).await })
+        })
+        .collect();
+    let mut rejected = 0;
+    let mut ok = 0;
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{}", status.message());
+                assert!(
+                    status.message().contains("`tiny_risk`") && status.message().contains("1 queued"),
+                    "{}",
+                    status.message()
+                );
+                rejected += 1;
+            }
+        }
+    }
+    assert!(rejected > 0 && ok > 0, "ok {ok}, rejected {rejected}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_or_expired_request_is_never_computed() {
+    let factory = FakeFactory { forward_delay: Duration::from_millis(300), ..FakeFactory::default() };
+    let rows_seen = Arc::clone(&factory.rows_seen);
+    let server = TestServer::start_with(Config::for_tests(fixtures_dir()), Arc::new(factory)).await;
+    server.inference().predict(one_row(1.0)).await.unwrap();
+    let before = rows_seen.load(Ordering::SeqCst);
+    // Occupy the worker, then queue one request whose client gives up, and one whose deadline
+    // passes in the queue (the server's own 100 ms cap, no client timer).
+    let mut busy = server.inference();
+    let blocker = tokio::spawn(async move { busy.predict(one_row(2.0)).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut c = server.inference();
+    let cancelled = tokio::spawn(async move { c.predict(one_row(3.0)).await });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    cancelled.abort();
+    blocker.await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(rows_seen.load(Ordering::SeqCst), before + 1, "only the blocker ran; the cancelled job was dropped");
+}
