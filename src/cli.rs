@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::admission::AdmissionConfig;
 use crate::config::{Config, LogFormat};
 use crate::validate::Limits;
 
@@ -74,11 +75,21 @@ pub struct ServeArgs {
     #[arg(long, env = "TORCHWIRE_MAX_TEXT_BYTES", default_value_t = 64 * 1024)]
     pub max_text_bytes: usize,
     /// Seconds shutdown waits for in-flight requests after SIGTERM / SIGINT.
-    #[arg(long, env = "TORCHWIRE_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
+    #[arg(long, env = "TORCHWIRE_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
     /// Use the CPU only, even when libtorch sees a GPU.
     #[arg(long, env = "TORCHWIRE_CPU_ONLY")]
     pub cpu_only: bool,
+    /// Inference requests handled at once across the server; past it, RESOURCE_EXHAUSTED at once.
+    #[arg(long, env = "TORCHWIRE_MAX_INFLIGHT", default_value_t = 1024)]
+    pub max_inflight: usize,
+    /// Per-client rate limit in requests per second (keyed by the x-api-key or authorization
+    /// header, else the peer address); 0 = off. Refusals carry a retry-after-ms trailer.
+    #[arg(long, env = "TORCHWIRE_RATE_LIMIT_RPS", default_value_t = 0.0)]
+    pub rate_limit_rps: f64,
+    /// Requests a client may send in a burst above the rate; 0 = the rate rounded up.
+    #[arg(long, env = "TORCHWIRE_RATE_LIMIT_BURST", default_value_t = 0)]
+    pub rate_limit_burst: u32,
     /// Concurrent HTTP/2 streams (in-flight RPCs) per client connection.
     #[arg(long, env = "TORCHWIRE_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
     pub max_concurrent_streams: u32,
@@ -116,6 +127,12 @@ impl TryFrom<ServeArgs> for Config {
         if a.default_timeout_ms == 0 || a.max_timeout_ms == 0 {
             return Err("--default-timeout-ms and --max-timeout-ms must be positive".into());
         }
+        if a.max_inflight == 0 {
+            return Err("--max-inflight must be at least 1".into());
+        }
+        if !(a.rate_limit_rps >= 0.0 && a.rate_limit_rps.is_finite()) {
+            return Err("--rate-limit-rps must be a non-negative number".into());
+        }
         if a.queue_capacity == 0 {
             return Err("--queue-capacity must be at least 1".into());
         }
@@ -141,6 +158,15 @@ impl TryFrom<ServeArgs> for Config {
             shutdown_grace: Duration::from_secs(a.shutdown_grace_secs),
             cpu_only: a.cpu_only,
             max_concurrent_streams: a.max_concurrent_streams,
+            admission: AdmissionConfig {
+                max_inflight: a.max_inflight,
+                rate_limit_rps: a.rate_limit_rps,
+                rate_limit_burst: if a.rate_limit_burst == 0 {
+                    a.rate_limit_rps.ceil()
+                } else {
+                    f64::from(a.rate_limit_burst)
+                },
+            },
         })
     }
 }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::admission::AdmissionConfig;
 use crate::validate::Limits;
 
 /// Log output format.
@@ -45,6 +46,8 @@ pub struct Config {
     pub cpu_only: bool,
     /// Concurrent HTTP/2 streams per client connection.
     pub max_concurrent_streams: u32,
+    /// Global in-flight limit and per-client rate limit.
+    pub admission: AdmissionConfig,
 }
 
 impl Config {
@@ -64,6 +67,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(5),
             cpu_only: true,
             max_concurrent_streams: 256,
+            admission: AdmissionConfig { max_inflight: 1024, rate_limit_rps: 0.0, rate_limit_burst: 0.0 },
         }
     }
 

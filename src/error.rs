@@ -68,6 +68,20 @@ pub enum Error {
         /// The queue bound that was hit.
         capacity: usize,
     },
+    /// The server is handling as many requests as it may.
+    #[error("server is at its limit of {limit} requests in flight; model `{model}` request refused, retry later")]
+    InflightLimit {
+        /// The model the request was for.
+        model: String,
+        /// The in-flight bound.
+        limit: usize,
+    },
+    /// The client sent more than its rate allows.
+    #[error("rate limit exceeded; retry after {retry_after_ms} ms")]
+    RateLimited {
+        /// When a token will be available again.
+        retry_after_ms: u64,
+    },
     /// The request's deadline passed before it was answered.
     #[error("deadline exceeded while {stage}")]
     DeadlineExceeded {
@@ -127,7 +141,9 @@ impl Error {
             Error::ModelNotFound { .. } | Error::NoTextModel => Code::NotFound,
             Error::DeviceUnavailable { .. } => Code::FailedPrecondition,
             Error::Unimplemented { .. } => Code::Unimplemented,
-            Error::QueueFull { .. } => Code::ResourceExhausted,
+            Error::QueueFull { .. } | Error::InflightLimit { .. } | Error::RateLimited { .. } => {
+                Code::ResourceExhausted
+            }
             Error::DeadlineExceeded { .. } => Code::DeadlineExceeded,
             Error::ShuttingDown => Code::Unavailable,
             Error::ModelLoad { .. } | Error::Forward { .. } | Error::Internal { .. } => Code::Internal,
@@ -146,6 +162,8 @@ impl Error {
             Error::InvalidInput { .. } => "invalid_input",
             Error::Unimplemented { .. } => "unimplemented",
             Error::QueueFull { .. } => "queue_full",
+            Error::InflightLimit { .. } => "inflight_limit",
+            Error::RateLimited { .. } => "rate_limited",
             Error::DeadlineExceeded { .. } => "deadline_exceeded",
             Error::ShuttingDown => "shutting_down",
             Error::ModelLoad { .. } => "model_load_failed",
@@ -157,7 +175,11 @@ impl Error {
 
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
-        Status::new(err.code(), err.to_string())
+        let mut status = Status::new(err.code(), err.to_string());
+        if let Error::RateLimited { retry_after_ms } = err {
+            status.metadata_mut().insert("retry-after-ms", retry_after_ms.into());
+        }
+        status
     }
 }
 
@@ -186,6 +208,8 @@ mod tests {
             (Error::invalid("f", "r"), Code::InvalidArgument),
             (Error::Unimplemented { rpc: "Stats" }, Code::Unimplemented),
             (Error::QueueFull { model: s(), device: s(), capacity: 1 }, Code::ResourceExhausted),
+            (Error::InflightLimit { model: s(), limit: 1 }, Code::ResourceExhausted),
+            (Error::RateLimited { retry_after_ms: 5 }, Code::ResourceExhausted),
             (Error::DeadlineExceeded { stage: "queued" }, Code::DeadlineExceeded),
             (Error::ShuttingDown, Code::Unavailable),
             (Error::ModelLoad { model: s(), device: s(), detail: s() }, Code::Internal),

@@ -18,6 +18,7 @@
 //! No libtorch call runs on a tokio worker thread: models live on their worker threads, and
 //! device detection runs in `spawn_blocking`.
 
+pub mod admission;
 pub mod batch;
 pub mod cli;
 pub mod client;

@@ -111,3 +111,51 @@ async fn a_cancelled_or_expired_request_is_never_computed() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(rows_seen.load(Ordering::SeqCst), before + 1, "only the blocker ran; the cancelled job was dropped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_refuses_with_a_retry_after_trailer() {
+    use torchwire::admission::AdmissionConfig;
+    let config = Config {
+        admission: AdmissionConfig { max_inflight: 100, rate_limit_rps: 2.0, rate_limit_burst: 2.0 },
+        ..Config::for_tests(fixtures_dir())
+    };
+    let server = TestServer::start_with(config, Arc::new(FakeFactory::default())).await;
+    let mut c = server.inference();
+    c.predict(one_row(1.0)).await.unwrap();
+    c.predict(one_row(1.0)).await.unwrap();
+    let status = c.predict(one_row(1.0)).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    let retry: u64 =
+        status.metadata().get("retry-after-ms").expect("retry-after-ms trailer").to_str().unwrap().parse().unwrap();
+    assert!((1..=500).contains(&retry), "{retry}");
+    // Another client (by API key) has its own bucket.
+    let mut req = tonic::Request::new(one_row(1.0));
+    req.metadata_mut().insert("x-api-key", "other-client".parse().unwrap());
+    c.predict(req).await.expect("a different key is not limited");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_global_inflight_limit_refuses_at_once() {
+    use torchwire::admission::AdmissionConfig;
+    let factory = FakeFactory { forward_delay: Duration::from_millis(200), ..FakeFactory::default() };
+    let config = Config {
+        admission: AdmissionConfig { max_inflight: 2, rate_limit_rps: 0.0, rate_limit_burst: 0.0 },
+        ..Config::for_tests(fixtures_dir())
+    };
+    let server = TestServer::start_with(config, Arc::new(factory)).await;
+    let calls: Vec<_> = (0..6)
+        .map(|i| {
+            let mut c = server.inference();
+            tokio::spawn(async move { c.predict(one_row(i as f32)).await })
+        })
+        .collect();
+    let mut refused = 0;
+    for call in calls {
+        if let Err(status) = call.await.unwrap() {
+            assert_eq!(status.code(), Code::ResourceExhausted);
+            assert!(status.message().contains("limit of 2 requests in flight"), "{}", status.message());
+            refused += 1;
+        }
+    }
+    assert!((1..=4).contains(&refused), "refused {refused} of 6 with room for 2");
+}

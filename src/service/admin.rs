@@ -31,36 +31,36 @@ impl Admin for AdminService {
         &self,
         req: Request<proto::ListModelsRequest>,
     ) -> Result<Response<proto::ListModelsResponse>, Status> {
-        let deadline = self.state.deadline(&req);
+        let call = self.state.call("ListModels", &req, "", false);
         let models = self.state.registry.repository().specs().map(|s| self.info(s)).collect();
-        boundary(&self.state, "ListModels", deadline, async { Ok(proto::ListModelsResponse { models }) }).await
+        boundary(&self.state, call, async { Ok(proto::ListModelsResponse { models }) }).await
     }
 
     async fn get_model(&self, req: Request<proto::GetModelRequest>) -> Result<Response<proto::ModelInfo>, Status> {
-        let deadline = self.state.deadline(&req);
+        let call = self.state.call("GetModel", &req, &req.get_ref().model, false);
         let result = self.state.registry.spec(&req.get_ref().model).map(|s| self.info(&s));
-        boundary(&self.state, "GetModel", deadline, async { result }).await
+        boundary(&self.state, call, async { result }).await
     }
 
     async fn load_model(&self, req: Request<proto::LoadModelRequest>) -> Result<Response<proto::ModelInfo>, Status> {
-        let deadline = self.state.deadline(&req);
-        boundary(&self.state, "LoadModel", deadline, async { Err(Error::Unimplemented { rpc: "LoadModel" }) }).await
+        let call = self.state.call("LoadModel", &req, &req.get_ref().model, false);
+        boundary(&self.state, call, async { Err(Error::Unimplemented { rpc: "LoadModel" }) }).await
     }
 
     async fn unload_model(
         &self,
         req: Request<proto::UnloadModelRequest>,
     ) -> Result<Response<proto::ModelInfo>, Status> {
-        let deadline = self.state.deadline(&req);
-        boundary(&self.state, "UnloadModel", deadline, async { Err(Error::Unimplemented { rpc: "UnloadModel" }) }).await
+        let call = self.state.call("UnloadModel", &req, &req.get_ref().model, false);
+        boundary(&self.state, call, async { Err(Error::Unimplemented { rpc: "UnloadModel" }) }).await
     }
 
     async fn reset_stats(
         &self,
         req: Request<proto::ResetStatsRequest>,
     ) -> Result<Response<proto::ResetStatsResponse>, Status> {
-        let deadline = self.state.deadline(&req);
-        boundary(&self.state, "ResetStats", deadline, async { Err(Error::Unimplemented { rpc: "ResetStats" }) }).await
+        let call = self.state.call("ResetStats", &req, "", false);
+        boundary(&self.state, call, async { Err(Error::Unimplemented { rpc: "ResetStats" }) }).await
     }
 }
 

@@ -32,21 +32,23 @@ impl InferenceService {
 #[tonic::async_trait]
 impl Inference for InferenceService {
     async fn predict(&self, req: Request<proto::PredictRequest>) -> Result<Response<proto::PredictResponse>, Status> {
-        let deadline = self.state.deadline(&req);
-        boundary(&self.state, "Predict", deadline, predict(&self.state, req.into_inner(), deadline)).await
+        let call = self.state.call("Predict", &req, &req.get_ref().model, true);
+        let deadline = call.deadline;
+        boundary(&self.state, call, predict(&self.state, req.into_inner(), deadline)).await
     }
 
     async fn sentiment(
         &self,
         req: Request<proto::SentimentRequest>,
     ) -> Result<Response<proto::SentimentResponse>, Status> {
-        let deadline = self.state.deadline(&req);
-        boundary(&self.state, "Sentiment", deadline, sentiment(&self.state, req.into_inner(), deadline)).await
+        let call = self.state.call("Sentiment", &req, &req.get_ref().model, true);
+        let deadline = call.deadline;
+        boundary(&self.state, call, sentiment(&self.state, req.into_inner(), deadline)).await
     }
 
     async fn stats(&self, req: Request<proto::StatsRequest>) -> Result<Response<proto::StatsResponse>, Status> {
-        let deadline = self.state.deadline(&req);
-        boundary(&self.state, "Stats", deadline, async { Err(Error::Unimplemented { rpc: "Stats" }) }).await
+        let call = self.state.call("Stats", &req, &req.get_ref().model, false);
+        boundary(&self.state, call, async { Err(Error::Unimplemented { rpc: "Stats" }) }).await
     }
 }
 
