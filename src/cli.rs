@@ -30,6 +30,10 @@ pub enum Command {
     Models(ClientArgs),
     /// Run a Predict against a running server with rows of named features.
     Predict(PredictArgs),
+    /// Load-test a running server (closed loop at a fixed concurrency) and report latency.
+    Bench(crate::bench::BenchArgs),
+    /// Time a model's forward pass in-process through libtorch (the floor for `bench`).
+    BenchRaw(crate::bench::RawBenchArgs),
 }
 
 /// Flags of `torchwire serve`.
@@ -80,6 +84,10 @@ pub struct ServeArgs {
     /// Use the CPU only, even when libtorch sees a GPU.
     #[arg(long, env = "TORCHWIRE_CPU_ONLY")]
     pub cpu_only: bool,
+    /// Largest batch, in rows or texts, for every model on every device (1 = batching off);
+    /// 0 = each model's manifest, else the device default (CPU 8, GPU 32).
+    #[arg(long, env = "TORCHWIRE_MAX_BATCH_SIZE", default_value_t = 0)]
+    pub max_batch_size: usize,
     /// Inference requests handled at once across the server; past it, RESOURCE_EXHAUSTED at once.
     #[arg(long, env = "TORCHWIRE_MAX_INFLIGHT", default_value_t = 1024)]
     pub max_inflight: usize,
@@ -158,6 +166,7 @@ impl TryFrom<ServeArgs> for Config {
             shutdown_grace: Duration::from_secs(a.shutdown_grace_secs),
             cpu_only: a.cpu_only,
             max_concurrent_streams: a.max_concurrent_streams,
+            max_batch_size: (a.max_batch_size > 0).then_some(a.max_batch_size),
             admission: AdmissionConfig {
                 max_inflight: a.max_inflight,
                 rate_limit_rps: a.rate_limit_rps,

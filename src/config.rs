@@ -48,6 +48,8 @@ pub struct Config {
     pub max_concurrent_streams: u32,
     /// Global in-flight limit and per-client rate limit.
     pub admission: AdmissionConfig,
+    /// Overrides every model's largest batch; `Some(1)` turns batching off.
+    pub max_batch_size: Option<usize>,
 }
 
 impl Config {
@@ -68,6 +70,7 @@ impl Config {
             cpu_only: true,
             max_concurrent_streams: 256,
             admission: AdmissionConfig { max_inflight: 1024, rate_limit_rps: 0.0, rate_limit_burst: 0.0 },
+            max_batch_size: None,
         }
     }
 

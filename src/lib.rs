@@ -20,6 +20,7 @@
 
 pub mod admission;
 pub mod batch;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;

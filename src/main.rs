@@ -21,6 +21,11 @@ fn main() -> anyhow::Result<()> {
             torchwire::telemetry::init(LogFormat::Text, "warn");
             runtime.block_on(torchwire::client::models(args))
         }
+        Command::Bench(args) => {
+            torchwire::telemetry::init(LogFormat::Text, "warn");
+            runtime.block_on(torchwire::bench::run(args))
+        }
+        Command::BenchRaw(args) => torchwire::bench::run_raw(&args),
         Command::Predict(args) => {
             torchwire::telemetry::init(LogFormat::Text, "warn");
             runtime.block_on(torchwire::client::predict(args))

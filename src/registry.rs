@@ -42,6 +42,8 @@ pub struct RegistryConfig {
     pub threads_per_worker: usize,
     /// How long a failed load is remembered before a request may retry it.
     pub load_retry_backoff: Duration,
+    /// Overrides every model's and device's largest batch (1 = batching off).
+    pub max_batch_size: Option<usize>,
 }
 
 /// A model's state on one device, as operators see it.
@@ -234,7 +236,11 @@ impl ModelRegistry {
             self.config.threads_per_worker,
             self.config.queue_capacity,
             BatchPolicy {
-                max_rows: spec_max_batch.unwrap_or_else(|| device.default_max_batch_size()),
+                max_rows: self
+                    .config
+                    .max_batch_size
+                    .or(spec_max_batch)
+                    .unwrap_or_else(|| device.default_max_batch_size()),
                 max_delay: spec_delay,
             },
             on_loaded,

@@ -99,6 +99,7 @@ async fn build_state(config: Config, factory: SharedFactory) -> anyhow::Result<S
             queue_capacity: config.queue_capacity,
             threads_per_worker: config.threads_per_worker(workers),
             load_retry_backoff: config.load_retry_backoff,
+            max_batch_size: config.max_batch_size,
         },
     );
     Ok(Arc::new(AppState::new(Arc::new(registry), Arc::new(config))))
