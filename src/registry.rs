@@ -332,7 +332,12 @@ mod tests {
             Repository::from_specs([spec]),
             Devices::cpu_only(),
             Arc::new(factory),
-            RegistryConfig { queue_capacity: 4, threads_per_worker: 1, load_retry_backoff: Duration::from_secs(5) },
+            RegistryConfig {
+                queue_capacity: 4,
+                threads_per_worker: 1,
+                load_retry_backoff: Duration::from_secs(5),
+                max_batch_size: None,
+            },
         )
     }
 
