@@ -88,6 +88,28 @@ pub struct ServeArgs {
     /// 0 = each model's manifest, else the device default (CPU 8, GPU 32).
     #[arg(long, env = "TORCHWIRE_MAX_BATCH_SIZE", default_value_t = 0)]
     pub max_batch_size: usize,
+    /// Most (model, device) pairs resident at once; a new load past it evicts the least
+    /// recently used idle, unpinned model.
+    #[arg(long, env = "TORCHWIRE_MAX_LOADED_MODELS", default_value_t = 3)]
+    pub max_loaded_models: usize,
+    /// Parameter and buffer bytes allowed across resident models (measured at load); past it
+    /// the least recently used idle, unpinned models are evicted. 0 = no budget.
+    #[arg(long, env = "TORCHWIRE_MODEL_MEMORY_BUDGET_BYTES", default_value_t = 0)]
+    pub model_memory_budget_bytes: u64,
+    /// Unload models unused for this many seconds (pinned ones stay); 0 = never.
+    #[arg(long, env = "TORCHWIRE_IDLE_UNLOAD_SECS", default_value_t = 0)]
+    pub idle_unload_secs: u64,
+    /// Warm-up forward passes after each load, before the model serves (so the first request
+    /// does not pay TorchScript's profiling passes).
+    #[arg(long, env = "TORCHWIRE_WARMUP_RUNS", default_value_t = 2)]
+    pub warmup_runs: usize,
+    /// Models to load and pin at start-up, in the background once the port listens:
+    /// `name` or `name@device`, comma-separated.
+    #[arg(long, env = "TORCHWIRE_PRELOAD", value_delimiter = ',')]
+    pub preload: Vec<String>,
+    /// Keep health `""` NOT_SERVING until every preloaded model is ready (Kubernetes readiness).
+    #[arg(long, env = "TORCHWIRE_READY_AFTER_PRELOAD")]
+    pub ready_after_preload: bool,
     /// Inference requests handled at once across the server; past it, RESOURCE_EXHAUSTED at once.
     #[arg(long, env = "TORCHWIRE_MAX_INFLIGHT", default_value_t = 1024)]
     pub max_inflight: usize,
@@ -135,6 +157,9 @@ impl TryFrom<ServeArgs> for Config {
         if a.default_timeout_ms == 0 || a.max_timeout_ms == 0 {
             return Err("--default-timeout-ms and --max-timeout-ms must be positive".into());
         }
+        if a.max_loaded_models == 0 {
+            return Err("--max-loaded-models must be at least 1".into());
+        }
         if a.max_inflight == 0 {
             return Err("--max-inflight must be at least 1".into());
         }
@@ -167,6 +192,12 @@ impl TryFrom<ServeArgs> for Config {
             cpu_only: a.cpu_only,
             max_concurrent_streams: a.max_concurrent_streams,
             max_batch_size: (a.max_batch_size > 0).then_some(a.max_batch_size),
+            max_loaded_models: a.max_loaded_models,
+            model_memory_budget_bytes: a.model_memory_budget_bytes,
+            warmup_runs: a.warmup_runs,
+            idle_unload: (a.idle_unload_secs > 0).then(|| Duration::from_secs(a.idle_unload_secs)),
+            preload: a.preload.into_iter().filter(|p| !p.trim().is_empty()).collect(),
+            ready_after_preload: a.ready_after_preload,
             admission: AdmissionConfig {
                 max_inflight: a.max_inflight,
                 rate_limit_rps: a.rate_limit_rps,

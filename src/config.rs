@@ -50,6 +50,18 @@ pub struct Config {
     pub admission: AdmissionConfig,
     /// Overrides every model's largest batch; `Some(1)` turns batching off.
     pub max_batch_size: Option<usize>,
+    /// Most (model, device) pairs resident at once.
+    pub max_loaded_models: usize,
+    /// Parameter and buffer bytes allowed across resident models; 0 = no budget.
+    pub model_memory_budget_bytes: u64,
+    /// Warm-up forward passes after each load.
+    pub warmup_runs: usize,
+    /// Unload models unused this long; `None` = never.
+    pub idle_unload: Option<Duration>,
+    /// Models loaded (and pinned) at start-up, in the background: `name` or `name@device`.
+    pub preload: Vec<String>,
+    /// Keep health `""` NOT_SERVING until every preloaded model is ready.
+    pub ready_after_preload: bool,
 }
 
 impl Config {
@@ -71,6 +83,12 @@ impl Config {
             max_concurrent_streams: 256,
             admission: AdmissionConfig { max_inflight: 1024, rate_limit_rps: 0.0, rate_limit_burst: 0.0 },
             max_batch_size: None,
+            max_loaded_models: 16,
+            model_memory_budget_bytes: 0,
+            warmup_runs: 1,
+            idle_unload: None,
+            preload: Vec::new(),
+            ready_after_preload: false,
         }
     }
 

@@ -44,6 +44,28 @@ pub struct RegistryConfig {
     pub load_retry_backoff: Duration,
     /// Overrides every model's and device's largest batch (1 = batching off).
     pub max_batch_size: Option<usize>,
+    /// Most (model, device) pairs resident at once; past it the least recently used idle one
+    /// is evicted.
+    pub max_loaded_models: usize,
+    /// Parameter and buffer bytes allowed across resident models; 0 = no budget.
+    pub memory_budget_bytes: u64,
+    /// Warm-up forward passes after each load, before the model serves.
+    pub warmup_runs: usize,
+}
+
+impl RegistryConfig {
+    /// Defaults for tests: room for everything, one warm-up pass.
+    pub fn for_tests() -> Self {
+        RegistryConfig {
+            queue_capacity: 64,
+            threads_per_worker: 1,
+            load_retry_backoff: Duration::from_secs(5),
+            max_batch_size: None,
+            max_loaded_models: 16,
+            memory_budget_bytes: 0,
+            warmup_runs: 1,
+        }
+    }
 }
 
 /// A model's state on one device, as operators see it.
@@ -80,6 +102,12 @@ pub struct DeviceStatus {
     pub loads: u64,
     /// Evictions so far.
     pub evictions: u64,
+    /// Largest batch on this device.
+    pub max_batch_size: usize,
+    /// Default tokens per text on this device (text models).
+    pub max_text_length: usize,
+    /// libtorch intra-op threads of the worker.
+    pub intra_op_threads: usize,
 }
 
 type LoadOutcome = Option<std::result::Result<WorkerHandle, String>>;
@@ -185,6 +213,7 @@ impl ModelRegistry {
                     let (tx, rx) = watch::channel(None);
                     *state = Some(SlotState::Loading(rx.clone()));
                     drop(state);
+                    self.make_room(&key);
                     self.start_load(Arc::clone(spec), device, Arc::clone(&slot), tx)?;
                     rx
                 }
@@ -196,7 +225,10 @@ impl ModelRegistry {
             .map_err(|_| Error::internal(format!("load of {key:?} ended without an outcome")))?
             .clone();
         match outcome {
-            Some(Ok(handle)) => Ok(handle),
+            Some(Ok(handle)) => {
+                self.make_room(&key);
+                Ok(handle)
+            }
             Some(Err(reason)) => Err(load_error(spec, device, &reason)),
             None => Err(Error::internal("load outcome missing")),
         }
@@ -235,19 +267,145 @@ impl ModelRegistry {
             Arc::clone(&self.factory),
             self.config.threads_per_worker,
             self.config.queue_capacity,
-            BatchPolicy {
-                max_rows: self
-                    .config
-                    .max_batch_size
-                    .or(spec_max_batch)
-                    .unwrap_or_else(|| device.default_max_batch_size()),
-                max_delay: spec_delay,
-            },
+            BatchPolicy { max_rows: self.batch_size(spec_max_batch, device), max_delay: spec_delay },
+            self.config.warmup_runs,
             on_loaded,
         )
         .map_err(|e| Error::internal(format!("spawning worker thread: {e}")))?;
-        self.threads.lock().unwrap_or_else(|p| p.into_inner()).push(join);
+        let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        threads.retain(|t| !t.is_finished());
+        threads.push(join);
         Ok(())
+    }
+
+    fn batch_size(&self, spec_max: Option<usize>, device: Device) -> usize {
+        self.config.max_batch_size.or(spec_max).unwrap_or_else(|| device.default_max_batch_size())
+    }
+
+    /// Every slot with its state summarised, for eviction decisions.
+    fn resident(&self) -> Vec<Resident> {
+        let slots: Vec<(ModelKey, Arc<Slot>)> =
+            self.slots.iter().map(|e| (e.key().clone(), Arc::clone(e.value()))).collect();
+        slots
+            .into_iter()
+            .filter_map(|(key, slot)| {
+                let spec_pin = self.repo.get(&key.model).map(|s| s.pin).unwrap_or(false);
+                let pinned = spec_pin || slot.pinned.load(Ordering::Relaxed);
+                let last_used = slot.last_used_unix_ms.load(Ordering::Relaxed);
+                match slot.lock().as_ref() {
+                    Some(SlotState::Ready { handle, memory_bytes, .. }) => Some(Resident {
+                        key,
+                        loading: false,
+                        idle: handle.pending() == 0,
+                        pinned,
+                        last_used,
+                        memory_bytes: *memory_bytes,
+                    }),
+                    Some(SlotState::Loading(_)) => {
+                        Some(Resident { key, loading: true, idle: false, pinned, last_used, memory_bytes: 0 })
+                    }
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    /// Evicts least-recently-used idle, unpinned models (never `keep`) until the resident count
+    /// and memory are within the limits. When nothing can be evicted, the limit is exceeded for
+    /// now and a warning says so.
+    fn make_room(&self, keep: &ModelKey) {
+        let mut resident = self.resident();
+        loop {
+            let count = resident.len();
+            let bytes: u64 = resident.iter().map(|r| r.memory_bytes).sum();
+            let over_count = count > self.config.max_loaded_models;
+            let over_bytes = self.config.memory_budget_bytes > 0 && bytes > self.config.memory_budget_bytes;
+            if !over_count && !over_bytes {
+                return;
+            }
+            let victim = resident
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| !r.loading && r.idle && !r.pinned && &r.key != keep)
+                .min_by_key(|(_, r)| r.last_used)
+                .map(|(i, _)| i);
+            let Some(i) = victim else {
+                tracing::warn!(count, bytes, "over the model limits, but every resident model is busy or pinned");
+                return;
+            };
+            let r = resident.swap_remove(i);
+            let reason = if over_count { "max_loaded_models" } else { "memory_budget" };
+            self.evict(&r.key, reason);
+        }
+    }
+
+    /// Unloads one ready slot if it is still idle; returns whether it did.
+    fn evict(&self, key: &ModelKey, reason: &str) -> bool {
+        let Some(slot) = self.slots.get(key).map(|s| Arc::clone(s.value())) else { return false };
+        let mut state = slot.lock();
+        let idle = matches!(state.as_ref(), Some(SlotState::Ready { handle, .. }) if handle.pending() == 0);
+        if idle {
+            // Dropping the handle ends the worker once in-flight clones are gone; it then
+            // drops the model and its memory.
+            *state = Some(SlotState::Unloaded);
+            slot.evictions.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(model = %key.model, device = %key.device, reason, "model evicted");
+        }
+        idle
+    }
+
+    /// Marks a (model, device) as pinned (never evicted) or not.
+    pub fn set_pinned(&self, spec: &ModelSpec, device: Device, pinned: bool) {
+        self.slot(&ModelKey { model: spec.name.clone(), device }).pinned.store(pinned, Ordering::Relaxed);
+    }
+
+    /// Unloads `spec` from `device`, or from every device; unpins it. A model still loading is
+    /// left to finish (its state then shows READY or FAILED).
+    pub fn unload(&self, spec: &ModelSpec, device: Option<Device>) -> usize {
+        let mut unloaded = 0;
+        for d in self.devices.all() {
+            if device.is_some_and(|want| want != d) {
+                continue;
+            }
+            let key = ModelKey { model: spec.name.clone(), device: d };
+            let Some(slot) = self.slots.get(&key).map(|s| Arc::clone(s.value())) else { continue };
+            slot.pinned.store(false, Ordering::Relaxed);
+            let mut state = slot.lock();
+            if matches!(state.as_ref(), Some(SlotState::Ready { .. } | SlotState::Failed { .. })) {
+                *state = Some(SlotState::Unloaded);
+                unloaded += 1;
+                tracing::info!(model = %spec.name, device = %d, "model unloaded");
+            }
+        }
+        unloaded
+    }
+
+    /// Unloads unpinned, idle models unused for `idle_for`; returns how many.
+    pub fn unload_idle(&self, idle_for: Duration) -> usize {
+        let cutoff = now_unix_ms() - i64::try_from(idle_for.as_millis()).unwrap_or(i64::MAX);
+        self.resident()
+            .into_iter()
+            .filter(|r| !r.loading && r.idle && !r.pinned && r.last_used < cutoff)
+            .filter(|r| self.evict(&r.key, "idle"))
+            .count()
+    }
+
+    /// Resolves `auto` to a device: a GPU when there is one (the one where the model is already
+    /// resident, else the one with fewest resident models), else the CPU.
+    pub fn pick_device(&self, spec: &ModelSpec, req: crate::device::DeviceRequest) -> Result<Device> {
+        use crate::device::DeviceRequest;
+        if req != DeviceRequest::Auto || self.devices.gpu_count() == 0 {
+            return self.devices.resolve(req);
+        }
+        let resident = self.resident();
+        let gpus: Vec<Device> = self.devices.all().into_iter().filter(|d| *d != Device::Cpu).collect();
+        if let Some(r) = resident.iter().find(|r| r.key.model == spec.name && r.key.device != Device::Cpu) {
+            return Ok(r.key.device);
+        }
+        Ok(gpus
+            .into_iter()
+            .min_by_key(|g| resident.iter().filter(|r| r.key.device == *g).count())
+            .unwrap_or(Device::Cpu))
     }
 
     /// The state of `spec` on every device this server has.
@@ -268,6 +426,12 @@ impl ModelRegistry {
                     pinned: spec.pin,
                     loads: 0,
                     evictions: 0,
+                    max_batch_size: self.batch_size(spec.max_batch_size, device),
+                    max_text_length: spec
+                        .text
+                        .as_ref()
+                        .map_or(0, |t| device.default_max_text_length().min(t.max_length)),
+                    intra_op_threads: self.config.threads_per_worker,
                 };
                 if let Some(slot) = slot {
                     st.last_used_unix_ms = slot.last_used_unix_ms.load(Ordering::Relaxed);
@@ -310,6 +474,16 @@ impl ModelRegistry {
     }
 }
 
+/// A resident slot as eviction sees it.
+struct Resident {
+    key: ModelKey,
+    loading: bool,
+    idle: bool,
+    pinned: bool,
+    last_used: i64,
+    memory_bytes: u64,
+}
+
 fn load_error(spec: &ModelSpec, device: Device, reason: &str) -> Error {
     Error::ModelLoad { model: spec.name.clone(), device: device.to_string(), detail: reason.to_owned() }
 }
@@ -332,12 +506,7 @@ mod tests {
             Repository::from_specs([spec]),
             Devices::cpu_only(),
             Arc::new(factory),
-            RegistryConfig {
-                queue_capacity: 4,
-                threads_per_worker: 1,
-                load_retry_backoff: Duration::from_secs(5),
-                max_batch_size: None,
-            },
+            RegistryConfig { queue_capacity: 4, ..RegistryConfig::for_tests() },
         )
     }
 

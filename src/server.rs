@@ -12,7 +12,10 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::config::Config;
-use crate::device::Devices;
+use std::time::Duration;
+
+use crate::device::{Device, DeviceRequest, Devices};
+use crate::model::ModelSpec;
 use crate::model::SharedFactory;
 use crate::model::manifest::Repository;
 use crate::model::torch::TorchFactory;
@@ -40,8 +43,19 @@ pub async fn run_with_factory(
     let config = Arc::clone(&state.config);
     let registry = Arc::clone(&state.registry);
 
+    let preload = parse_preload(&state)?;
     let (health, health_service) = tonic_health::server::health_reporter();
-    set_health(&health, ServingStatus::Serving).await;
+    let wait_for_preload = config.ready_after_preload && !preload.is_empty();
+    set_health(&health, if wait_for_preload { ServingStatus::NotServing } else { ServingStatus::Serving }).await;
+    tokio::spawn(preload_task(
+        Arc::clone(&registry),
+        preload,
+        wait_for_preload.then(|| health.clone()),
+        shutdown.clone(),
+    ));
+    if let Some(idle) = config.idle_unload {
+        tokio::spawn(idle_unload_task(Arc::clone(&registry), idle, shutdown.clone()));
+    }
     // Each reflection version also lists the other, so `list` shows both whichever a client speaks.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -90,7 +104,7 @@ async fn build_state(config: Config, factory: SharedFactory) -> anyhow::Result<S
     })
     .await??;
     tracing::info!(models = ?repo.names(), gpus = devices.gpu_count(), "repository scanned");
-    let workers = repo.len().clamp(1, 3);
+    let workers = repo.len().clamp(1, config.max_loaded_models.max(1));
     let registry = ModelRegistry::new(
         repo,
         devices,
@@ -100,9 +114,79 @@ async fn build_state(config: Config, factory: SharedFactory) -> anyhow::Result<S
             threads_per_worker: config.threads_per_worker(workers),
             load_retry_backoff: config.load_retry_backoff,
             max_batch_size: config.max_batch_size,
+            max_loaded_models: config.max_loaded_models,
+            memory_budget_bytes: config.model_memory_budget_bytes,
+            warmup_runs: config.warmup_runs,
         },
     );
     Ok(Arc::new(AppState::new(Arc::new(registry), Arc::new(config))))
+}
+
+/// Parses `--preload` against the repository and devices; a name or device that does not exist
+/// stops start-up with a clear error rather than failing later in the background.
+fn parse_preload(state: &AppState) -> anyhow::Result<Vec<(Arc<ModelSpec>, Device)>> {
+    state
+        .config
+        .preload
+        .iter()
+        .map(|item| {
+            let (name, device) = item.trim().split_once('@').unwrap_or((item.trim(), "auto"));
+            let spec = state.registry.spec(name).map_err(|e| anyhow::anyhow!("--preload {item:?}: {e}"))?;
+            let req = DeviceRequest::parse(device).map_err(|e| anyhow::anyhow!("--preload {item:?}: {e}"))?;
+            let device =
+                state.registry.pick_device(&spec, req).map_err(|e| anyhow::anyhow!("--preload {item:?}: {e}"))?;
+            Ok((spec, device))
+        })
+        .collect()
+}
+
+/// Loads and pins the preloaded models after the port listens, so health answers at once
+/// (the seed's start-up time-out fix). With `health`, turns `""` SERVING when all are ready.
+async fn preload_task(
+    registry: Arc<ModelRegistry>,
+    models: Vec<(Arc<ModelSpec>, Device)>,
+    health: Option<HealthReporter>,
+    shutdown: CancellationToken,
+) {
+    let mut all_ready = true;
+    for (spec, device) in models {
+        registry.set_pinned(&spec, device, true);
+        let started = std::time::Instant::now();
+        tokio::select! {
+            res = registry.get_or_load(&spec, device) => match res {
+                Ok(_) => tracing::info!(model = %spec.name, %device, ms = started.elapsed().as_millis() as u64, "preloaded"),
+                Err(e) => {
+                    all_ready = false;
+                    tracing::error!(model = %spec.name, %device, error = ?e, "preload failed");
+                }
+            },
+            () = shutdown.cancelled() => return,
+        }
+    }
+    if let Some(health) = health {
+        if all_ready {
+            set_health(&health, ServingStatus::Serving).await;
+            tracing::info!("every preloaded model is ready; health SERVING");
+        } else {
+            tracing::error!("a preloaded model failed; health stays NOT_SERVING (--ready-after-preload)");
+        }
+    }
+}
+
+/// Every second or so, unloads models idle for longer than `idle`.
+async fn idle_unload_task(registry: Arc<ModelRegistry>, idle: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval((idle / 2).clamp(Duration::from_millis(50), Duration::from_secs(1)));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let n = registry.unload_idle(idle);
+                if n > 0 {
+                    tracing::info!(unloaded = n, idle_secs = idle.as_secs_f64(), "unloaded idle models");
+                }
+            }
+            () = shutdown.cancelled() => return,
+        }
+    }
 }
 
 async fn set_health(health: &HealthReporter, status: ServingStatus) {

@@ -42,6 +42,8 @@ pub struct WorkerCounters {
     pub expired_computing: AtomicU64,
     /// Forward passes run.
     pub batches: AtomicU64,
+    /// Jobs submitted and not yet answered or dropped.
+    pub pending: AtomicU64,
 }
 
 /// How a load went, reported once by the worker thread.
@@ -55,16 +57,26 @@ pub struct Loaded {
 impl WorkerHandle {
     /// Queues a job without waiting; a full queue is [`Error::QueueFull`].
     pub fn submit(&self, job: Job) -> Result<()> {
-        self.tx.try_send(job).map_err(|e| match e {
-            TrySendError::Full(_) => Error::QueueFull {
-                model: self.model.to_string(),
-                device: self.device.to_string(),
-                capacity: self.capacity,
-            },
-            TrySendError::Disconnected(_) => {
-                Error::internal(format!("worker for {} on {} has stopped", self.model, self.device))
+        // Counted before the send so the worker can never see a job the count misses.
+        self.counters.pending.fetch_add(1, Ordering::AcqRel);
+        self.tx.try_send(job).map_err(|e| {
+            self.counters.pending.fetch_sub(1, Ordering::AcqRel);
+            match e {
+                TrySendError::Full(_) => Error::QueueFull {
+                    model: self.model.to_string(),
+                    device: self.device.to_string(),
+                    capacity: self.capacity,
+                },
+                TrySendError::Disconnected(_) => {
+                    Error::internal(format!("worker for {} on {} has stopped", self.model, self.device))
+                }
             }
         })
+    }
+
+    /// Jobs queued or running now; a worker with none is idle (and may be evicted).
+    pub fn pending(&self) -> u64 {
+        self.counters.pending.load(Ordering::Acquire)
     }
 
     /// The worker's counters.
@@ -82,6 +94,7 @@ pub fn spawn_worker(
     threads: usize,
     capacity: usize,
     policy: BatchPolicy,
+    warmup_runs: usize,
     on_loaded: impl FnOnce(std::result::Result<Loaded, String>) + Send + 'static,
 ) -> std::io::Result<JoinHandle<()>> {
     let (tx, rx) = sync_channel(capacity);
@@ -100,6 +113,11 @@ pub fn spawn_worker(
                 return;
             }
         };
+        let (mut backend, mut encoder) = (backend, encoder);
+        if let Err(reason) = warm_up(&spec, backend.as_mut(), encoder.as_mut(), warmup_runs) {
+            on_loaded(Err(format!("warm-up failed: {reason}")));
+            return;
+        }
         let counters = Arc::clone(&handle.counters);
         let memory_bytes = backend.memory_bytes();
         on_loaded(Ok(Loaded { handle, memory_bytes }));
@@ -152,11 +170,13 @@ fn keep_live(job: Job, counters: &WorkerCounters) -> Option<Job> {
         None => Some(job),
         Some(Skip::Cancelled) => {
             counters.cancelled.fetch_add(1, Ordering::Relaxed);
+            counters.pending.fetch_sub(1, Ordering::AcqRel);
             None
         }
         Some(Skip::Expired) => {
             counters.expired_queued.fetch_add(1, Ordering::Relaxed);
             let _ = job.reply.send(Err(Error::DeadlineExceeded { stage: "queued" }));
+            counters.pending.fetch_sub(1, Ordering::AcqRel);
             None
         }
     }
@@ -185,8 +205,9 @@ fn run_batch(
         Ok((outputs, split_rows(predictions, &row_counts), split_rows(texts, &row_counts)))
     });
     let compute = started.elapsed();
+    let jobs = replies.len() as u64;
     counters.batches.fetch_add(1, Ordering::Relaxed);
-    counters.completed.fetch_add(replies.len() as u64, Ordering::Relaxed);
+    counters.completed.fetch_add(jobs, Ordering::Relaxed);
     match result {
         Ok((outputs, predictions, texts)) => {
             let parts = outputs.into_iter().zip(predictions).zip(texts);
@@ -204,6 +225,41 @@ fn run_batch(
             }
         }
     }
+    counters.pending.fetch_sub(jobs, Ordering::AcqRel);
+}
+
+/// Runs the model `runs` times on a one-row input before it serves, so the first real request
+/// does not pay TorchScript's profiling passes: zeros of the declared shape (variable
+/// dimensions as 1), or a short sentence for text models.
+fn warm_up(
+    spec: &ModelSpec,
+    backend: &mut dyn Backend,
+    mut encoder: Option<&mut TextEncoder>,
+    runs: usize,
+) -> std::result::Result<(), String> {
+    for _ in 0..runs {
+        let payload = if spec.text.is_some() {
+            Payload::Texts { texts: vec!["Warming up the model with a short sentence.".to_owned()], max_length: 32 }
+        } else {
+            Payload::Tensors(
+                spec.inputs
+                    .iter()
+                    .map(|i| {
+                        let shape: Vec<i64> = i.shape.iter().map(|d| (*d).max(1)).collect();
+                        let numel = shape.iter().product::<i64>() as usize;
+                        HostTensor {
+                            name: i.name.clone(),
+                            dtype: i.dtype,
+                            shape,
+                            data: vec![0; numel * i.dtype.size()],
+                        }
+                    })
+                    .collect(),
+            )
+        };
+        run_payload(spec, backend, encoder.as_deref_mut(), payload)?;
+    }
+    Ok(())
 }
 
 /// Tokenises (text jobs) and runs the forward pass.

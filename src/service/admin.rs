@@ -1,9 +1,10 @@
-//! `torchwire.v1.Admin`: the repository and each model's per-device state. LoadModel,
-//! UnloadModel and ResetStats land with the lifecycle and observability issues.
+//! `torchwire.v1.Admin`: the repository, each model's per-device state, and the operator's
+//! levers: load (optionally pinned) and unload. ResetStats lands with the observability work.
 
 use tonic::{Request, Response, Status};
 
 use super::{SharedState, boundary};
+use crate::device::DeviceRequest;
 use crate::error::{Error, Result};
 use crate::model::{InputSpec, ModelSpec};
 use crate::proto::{self, admin_server::Admin};
@@ -44,7 +45,18 @@ impl Admin for AdminService {
 
     async fn load_model(&self, req: Request<proto::LoadModelRequest>) -> Result<Response<proto::ModelInfo>, Status> {
         let call = self.state.call("LoadModel", &req, &req.get_ref().model, false);
-        boundary(&self.state, call, async { Err(Error::Unimplemented { rpc: "LoadModel" }) }).await
+        let req = req.into_inner();
+        let state = &self.state;
+        boundary(&self.state, call, async move {
+            let spec = state.registry.spec(&req.model)?;
+            let device = state.registry.pick_device(&spec, DeviceRequest::parse(&req.device)?)?;
+            if req.pin {
+                state.registry.set_pinned(&spec, device, true);
+            }
+            state.registry.get_or_load(&spec, device).await?;
+            Ok(model_info(&spec, &state.registry.status(&spec)))
+        })
+        .await
     }
 
     async fn unload_model(
@@ -52,7 +64,22 @@ impl Admin for AdminService {
         req: Request<proto::UnloadModelRequest>,
     ) -> Result<Response<proto::ModelInfo>, Status> {
         let call = self.state.call("UnloadModel", &req, &req.get_ref().model, false);
-        boundary(&self.state, call, async { Err(Error::Unimplemented { rpc: "UnloadModel" }) }).await
+        let req = req.into_inner();
+        let state = &self.state;
+        boundary(&self.state, call, async move {
+            let spec = state.registry.spec(&req.model)?;
+            let device = if req.device.trim().is_empty() {
+                None
+            } else {
+                match DeviceRequest::parse(&req.device)? {
+                    DeviceRequest::Auto => None,
+                    d => Some(state.registry.devices().resolve(d)?),
+                }
+            };
+            state.registry.unload(&spec, device);
+            Ok(model_info(&spec, &state.registry.status(&spec)))
+        })
+        .await
     }
 
     async fn reset_stats(
@@ -108,5 +135,11 @@ fn device_state(d: &DeviceStatus) -> proto::DeviceState {
         pinned: d.pinned,
         loads: d.loads,
         evictions: d.evictions,
+        settings: Some(proto::DeviceSettings {
+            max_batch_size: i32::try_from(d.max_batch_size).unwrap_or(i32::MAX),
+            max_text_length: i32::try_from(d.max_text_length).unwrap_or(i32::MAX),
+            precision: "fp32".to_owned(),
+            intra_op_threads: i32::try_from(d.intra_op_threads).unwrap_or(i32::MAX),
+        }),
     }
 }

@@ -59,7 +59,7 @@ async fn predict(
 ) -> Result<proto::PredictResponse> {
     let arrived = Instant::now();
     let spec = state.registry.spec(&req.model)?;
-    let device = state.registry.devices().resolve(DeviceRequest::parse(&req.device)?)?;
+    let device = state.registry.pick_device(&spec, DeviceRequest::parse(&req.device)?)?;
     let inputs = validate::predict_inputs(&spec, &req, state.config.limits)?;
     let out = run_job(state, &spec, device, deadline, Payload::Tensors(inputs.tensors), inputs.rows).await?;
     Ok(proto::PredictResponse {
@@ -82,7 +82,7 @@ async fn sentiment(
     } else {
         state.registry.spec(&req.model)?
     };
-    let device = state.registry.devices().resolve(DeviceRequest::parse(&req.device)?)?;
+    let device = state.registry.pick_device(&spec, DeviceRequest::parse(&req.device)?)?;
     let inputs = validate::sentiment_inputs(&spec, req, device.default_max_text_length(), state.config.limits)?;
     let rows = inputs.texts.len();
     let out = run_job(
