@@ -22,7 +22,7 @@ use crate::device::{Device, Devices};
 use crate::error::{Error, Result};
 use crate::model::manifest::Repository;
 use crate::model::{ModelSpec, SharedFactory};
-use crate::worker::{Loaded, WorkerHandle, spawn_worker};
+use crate::worker::{Loaded, WorkerHandle, WorkerSettings, spawn_worker};
 
 /// Registry key: a model on a device.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -265,10 +265,12 @@ impl ModelRegistry {
             spec,
             device,
             Arc::clone(&self.factory),
-            self.config.threads_per_worker,
-            self.config.queue_capacity,
-            BatchPolicy { max_rows: self.batch_size(spec_max_batch, device), max_delay: spec_delay },
-            self.config.warmup_runs,
+            WorkerSettings {
+                threads: self.config.threads_per_worker,
+                capacity: self.config.queue_capacity,
+                policy: BatchPolicy { max_rows: self.batch_size(spec_max_batch, device), max_delay: spec_delay },
+                warmup_runs: self.config.warmup_runs,
+            },
             on_loaded,
         )
         .map_err(|e| Error::internal(format!("spawning worker thread: {e}")))?;

@@ -18,6 +18,19 @@ use crate::error::{Error, Result};
 use crate::model::{Backend, HostTensor, ModelSpec, SharedFactory, classify};
 use crate::tokenize::{TextEncoder, TextInfo};
 
+/// How a worker runs its model.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerSettings {
+    /// libtorch intra-op threads.
+    pub threads: usize,
+    /// Jobs the queue holds.
+    pub capacity: usize,
+    /// How batches form.
+    pub policy: BatchPolicy,
+    /// Warm-up passes after the load.
+    pub warmup_runs: usize,
+}
+
 /// Cloneable sender side of a worker's queue.
 #[derive(Clone, Debug)]
 pub struct WorkerHandle {
@@ -91,12 +104,10 @@ pub fn spawn_worker(
     spec: Arc<ModelSpec>,
     device: Device,
     factory: SharedFactory,
-    threads: usize,
-    capacity: usize,
-    policy: BatchPolicy,
-    warmup_runs: usize,
+    settings: WorkerSettings,
     on_loaded: impl FnOnce(std::result::Result<Loaded, String>) + Send + 'static,
 ) -> std::io::Result<JoinHandle<()>> {
+    let WorkerSettings { threads, capacity, policy, warmup_runs } = settings;
     let (tx, rx) = sync_channel(capacity);
     let handle = WorkerHandle { tx, model: Arc::from(spec.name.as_str()), device, capacity, counters: Arc::default() };
     std::thread::Builder::new().name(format!("torch-{}-{}", spec.name, device)).spawn(move || {
