@@ -30,6 +30,8 @@ pub enum Payload {
 /// One request's work for a worker.
 #[derive(Debug)]
 pub struct Job {
+    /// The RPC it came from, for metric labels.
+    pub rpc: &'static str,
     /// The inputs.
     pub payload: Payload,
     /// Rows (the batch dimension of the inputs).

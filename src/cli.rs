@@ -45,6 +45,16 @@ pub struct ServeArgs {
     /// Model repository: one folder per model with model.toml and model.pt.
     #[arg(long, env = "TORCHWIRE_MODEL_DIR", default_value = "./models")]
     pub model_dir: PathBuf,
+    /// Address of the HTTP listener for /metrics (Prometheus), /healthz and /readyz; `off`
+    /// disables it.
+    #[arg(long, env = "TORCHWIRE_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics_addr: String,
+    /// Seconds between process-memory samples in the Stats history.
+    #[arg(long, env = "TORCHWIRE_MEMORY_SAMPLE_SECS", default_value_t = 5)]
+    pub memory_sample_secs: u64,
+    /// Also write logs to this file (appended), in the same format.
+    #[arg(long, env = "TORCHWIRE_LOG_FILE")]
+    pub log_file: Option<PathBuf>,
     /// Log format: human-readable text or JSON lines.
     #[arg(long, env = "TORCHWIRE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -198,6 +208,12 @@ impl TryFrom<ServeArgs> for Config {
             idle_unload: (a.idle_unload_secs > 0).then(|| Duration::from_secs(a.idle_unload_secs)),
             preload: a.preload.into_iter().filter(|p| !p.trim().is_empty()).collect(),
             ready_after_preload: a.ready_after_preload,
+            metrics_addr: match a.metrics_addr.trim() {
+                "" | "off" | "none" => None,
+                addr => Some(addr.parse().map_err(|e| format!("--metrics-addr {addr:?}: {e}"))?),
+            },
+            memory_sample_interval: Duration::from_secs(a.memory_sample_secs.max(1)),
+            log_file: a.log_file,
             admission: AdmissionConfig {
                 max_inflight: a.max_inflight,
                 rate_limit_rps: a.rate_limit_rps,

@@ -62,6 +62,12 @@ pub struct Config {
     pub preload: Vec<String>,
     /// Keep health `""` NOT_SERVING until every preloaded model is ready.
     pub ready_after_preload: bool,
+    /// Where HTTP `/metrics`, `/healthz`, `/readyz` listen; `None` = off.
+    pub metrics_addr: Option<SocketAddr>,
+    /// How often process memory is sampled into the Stats history.
+    pub memory_sample_interval: Duration,
+    /// Also write logs to this file.
+    pub log_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -89,6 +95,9 @@ impl Config {
             idle_unload: None,
             preload: Vec::new(),
             ready_after_preload: false,
+            metrics_addr: None,
+            memory_sample_interval: Duration::from_secs(5),
+            log_file: None,
         }
     }
 

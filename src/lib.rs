@@ -12,7 +12,9 @@
 //! - lifecycle (eviction, load/unload, warm-up): `registry.rs` owns slot state; `worker.rs`
 //!   owns the thread and the model.
 //! - batching and admission: `batch.rs` (jobs, batching policy), `worker.rs` (the loop).
-//! - metrics: `service::boundary` is the one place every RPC passes through.
+//! - metrics: `metrics.rs` defines them; `service::boundary` is the one place every RPC passes
+//!   through; workers record queue / compute / batch; the registry records loads / evictions;
+//!   `http.rs` serves `/metrics`, `/healthz`, `/readyz`.
 //! - KServe v2: a second service in `service/` over the same `ModelRegistry`.
 //!
 //! No libtorch call runs on a tokio worker thread: models live on their worker threads, and
@@ -27,12 +29,15 @@ pub mod config;
 pub mod deadline;
 pub mod device;
 pub mod error;
+pub mod http;
+pub mod metrics;
 pub mod model;
 pub mod proto;
 pub mod registry;
 pub mod server;
 pub mod service;
 pub mod shutdown;
+pub mod stats;
 pub mod telemetry;
 pub mod tokenize;
 pub mod transport;

@@ -10,24 +10,24 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = Config::try_from(args).map_err(anyhow::Error::msg)?;
-            torchwire::telemetry::init(config.log_format, &config.log_level);
+            torchwire::telemetry::init(config.log_format, &config.log_level, config.log_file.as_deref())?;
             runtime.block_on(async {
-                let listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
+                let listeners = torchwire::server::Listeners::bind(&config).await?;
                 let shutdown = torchwire::shutdown::on_signals();
-                torchwire::server::run(config, listener, shutdown).await
+                torchwire::server::run(config, listeners, shutdown).await
             })
         }
         Command::Models(args) => {
-            torchwire::telemetry::init(LogFormat::Text, "warn");
+            torchwire::telemetry::init(LogFormat::Text, "warn", None)?;
             runtime.block_on(torchwire::client::models(args))
         }
         Command::Bench(args) => {
-            torchwire::telemetry::init(LogFormat::Text, "warn");
+            torchwire::telemetry::init(LogFormat::Text, "warn", None)?;
             runtime.block_on(torchwire::bench::run(args))
         }
         Command::BenchRaw(args) => torchwire::bench::run_raw(&args),
         Command::Predict(args) => {
-            torchwire::telemetry::init(LogFormat::Text, "warn");
+            torchwire::telemetry::init(LogFormat::Text, "warn", None)?;
             runtime.block_on(torchwire::client::predict(args))
         }
     }

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use crate::batch::BatchPolicy;
 use crate::device::{Device, Devices};
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::model::manifest::Repository;
 use crate::model::{ModelSpec, SharedFactory};
 use crate::worker::{Loaded, WorkerHandle, WorkerSettings, spawn_worker};
@@ -150,6 +151,7 @@ pub struct ModelRegistry {
     factory: SharedFactory,
     config: RegistryConfig,
     slots: DashMap<ModelKey, Arc<Slot>>,
+    metrics: Arc<Metrics>,
     /// Worker threads, joined at shutdown.
     threads: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
@@ -161,13 +163,20 @@ fn now_unix_ms() -> i64 {
 
 impl ModelRegistry {
     /// A registry over `repo`, loading with `factory`.
-    pub fn new(repo: Repository, devices: Devices, factory: SharedFactory, config: RegistryConfig) -> Self {
+    pub fn new(
+        repo: Repository,
+        devices: Devices,
+        factory: SharedFactory,
+        config: RegistryConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         ModelRegistry {
             repo,
             devices,
             factory,
             config,
             slots: DashMap::new(),
+            metrics,
             threads: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
         }
@@ -176,6 +185,11 @@ impl ModelRegistry {
     /// The scanned repository.
     pub fn repository(&self) -> &Repository {
         &self.repo
+    }
+
+    /// libtorch intra-op threads each worker runs with.
+    pub fn threads_per_worker(&self) -> usize {
+        self.config.threads_per_worker
     }
 
     /// The devices this server has.
@@ -243,6 +257,7 @@ impl ModelRegistry {
     ) -> Result<()> {
         let started = Instant::now();
         let name = spec.name.clone();
+        let metrics = Arc::clone(&self.metrics);
         let (spec_max_batch, spec_delay) = (spec.max_batch_size, spec.max_queue_delay);
         let on_loaded = move |outcome: std::result::Result<Loaded, String>| {
             let load_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -250,12 +265,18 @@ impl ModelRegistry {
             match outcome {
                 Ok(Loaded { handle, memory_bytes }) => {
                     tracing::info!(model = %name, %device, load_ms, memory_bytes, "model loaded");
+                    metrics.model_loads.with_label_values(&[&name, &device.label(), "ok"]).inc();
+                    metrics
+                        .model_load_duration
+                        .with_label_values(&[&name, &device.label()])
+                        .observe(started.elapsed().as_secs_f64());
                     slot.loads.fetch_add(1, Ordering::Relaxed);
                     *state = Some(SlotState::Ready { handle: handle.clone(), load_ms, memory_bytes });
                     tx.send_replace(Some(Ok(handle)));
                 }
                 Err(reason) => {
                     tracing::error!(model = %name, %device, load_ms, %reason, "model failed to load");
+                    metrics.model_loads.with_label_values(&[&name, &device.label(), "error"]).inc();
                     *state = Some(SlotState::Failed { reason: reason.clone(), at: Instant::now() });
                     tx.send_replace(Some(Err(reason)));
                 }
@@ -270,6 +291,7 @@ impl ModelRegistry {
                 capacity: self.config.queue_capacity,
                 policy: BatchPolicy { max_rows: self.batch_size(spec_max_batch, device), max_delay: spec_delay },
                 warmup_runs: self.config.warmup_runs,
+                metrics: Arc::clone(&self.metrics),
             },
             on_loaded,
         )
@@ -351,9 +373,25 @@ impl ModelRegistry {
             // drops the model and its memory.
             *state = Some(SlotState::Unloaded);
             slot.evictions.fetch_add(1, Ordering::Relaxed);
+            self.metrics.model_evictions.with_label_values(&[&key.model, &key.device.label(), reason]).inc();
             tracing::info!(model = %key.model, device = %key.device, reason, "model evicted");
         }
         idle
+    }
+
+    /// Resident models as gauges see them: (key, parameter bytes, jobs pending); loading
+    /// models count with zero bytes.
+    pub fn resident_figures(&self) -> Vec<(ModelKey, u64, u64)> {
+        let slots: Vec<(ModelKey, Arc<Slot>)> =
+            self.slots.iter().map(|e| (e.key().clone(), Arc::clone(e.value()))).collect();
+        slots
+            .into_iter()
+            .filter_map(|(key, slot)| match slot.lock().as_ref() {
+                Some(SlotState::Ready { handle, memory_bytes, .. }) => Some((key, *memory_bytes, handle.pending())),
+                Some(SlotState::Loading(_)) => Some((key, 0, 0)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Marks a (model, device) as pinned (never evicted) or not.
@@ -509,6 +547,7 @@ mod tests {
             Devices::cpu_only(),
             Arc::new(factory),
             RegistryConfig { queue_capacity: 4, ..RegistryConfig::for_tests() },
+            Arc::new(Metrics::new()),
         )
     }
 

@@ -15,6 +15,7 @@ use crate::config::Config;
 use std::time::Duration;
 
 use crate::device::{Device, DeviceRequest, Devices};
+use crate::metrics::Metrics;
 use crate::model::ModelSpec;
 use crate::model::SharedFactory;
 use crate::model::manifest::Repository;
@@ -27,18 +28,40 @@ use crate::service::inference::InferenceService;
 use crate::service::{AppState, SharedState};
 use crate::transport::{self, TransportConfig};
 
+/// The sockets the server answers on, bound by the caller (tests bind port 0).
+pub struct Listeners {
+    /// gRPC.
+    pub grpc: TcpListener,
+    /// HTTP `/metrics`, `/healthz`, `/readyz`; `None` = not served.
+    pub metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses in `config`.
+    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        let grpc =
+            TcpListener::bind(config.grpc_addr).await.with_context(|| format!("binding gRPC {}", config.grpc_addr))?;
+        let metrics = match config.metrics_addr {
+            Some(a) => Some(TcpListener::bind(a).await.with_context(|| format!("binding metrics {a}"))?),
+            None => None,
+        };
+        Ok(Listeners { grpc, metrics })
+    }
+}
+
 /// Serves the models in `config.model_dir` with libtorch until `shutdown` is cancelled.
-pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-    run_with_factory(config, listener, shutdown, Arc::new(TorchFactory)).await
+pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with_factory(config, listeners, shutdown, Arc::new(TorchFactory)).await
 }
 
 /// Like [`run`], with the backend factory chosen by the caller (tests use the fake one).
 pub async fn run_with_factory(
     config: Config,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: CancellationToken,
     factory: SharedFactory,
 ) -> anyhow::Result<()> {
+    let Listeners { grpc: listener, metrics: metrics_listener } = listeners;
     let state = build_state(config, factory).await?;
     let config = Arc::clone(&state.config);
     let registry = Arc::clone(&state.registry);
@@ -47,12 +70,14 @@ pub async fn run_with_factory(
     let (health, health_service) = tonic_health::server::health_reporter();
     let wait_for_preload = config.ready_after_preload && !preload.is_empty();
     set_health(&health, if wait_for_preload { ServingStatus::NotServing } else { ServingStatus::Serving }).await;
-    tokio::spawn(preload_task(
-        Arc::clone(&registry),
-        preload,
-        wait_for_preload.then(|| health.clone()),
-        shutdown.clone(),
-    ));
+    state.ready.store(!wait_for_preload, std::sync::atomic::Ordering::Release);
+    if let Some(l) = metrics_listener {
+        let addr = l.local_addr().context("metrics listener address")?;
+        tracing::info!(%addr, "serving HTTP /metrics, /healthz, /readyz");
+        tokio::spawn(crate::http::serve(l, Arc::clone(&state), shutdown.clone()));
+    }
+    tokio::spawn(sampler_task(Arc::clone(&state), config.memory_sample_interval, shutdown.clone()));
+    tokio::spawn(preload_task(Arc::clone(&state), preload, wait_for_preload.then(|| health.clone()), shutdown.clone()));
     if let Some(idle) = config.idle_unload {
         tokio::spawn(idle_unload_task(Arc::clone(&registry), idle, shutdown.clone()));
     }
@@ -75,6 +100,7 @@ pub async fn run_with_factory(
     tracing::info!(%addr, models = registry.repository().len(), model_dir = %config.model_dir.display(), "serving gRPC");
 
     let drain = async {
+        state.ready.store(false, std::sync::atomic::Ordering::Release);
         set_health(&health, ServingStatus::NotServing).await;
         tracing::info!("draining: no new connections, finishing in-flight requests");
     };
@@ -105,6 +131,7 @@ async fn build_state(config: Config, factory: SharedFactory) -> anyhow::Result<S
     .await??;
     tracing::info!(models = ?repo.names(), gpus = devices.gpu_count(), "repository scanned");
     let workers = repo.len().clamp(1, config.max_loaded_models.max(1));
+    let metrics = Arc::new(Metrics::new());
     let registry = ModelRegistry::new(
         repo,
         devices,
@@ -118,8 +145,9 @@ async fn build_state(config: Config, factory: SharedFactory) -> anyhow::Result<S
             memory_budget_bytes: config.model_memory_budget_bytes,
             warmup_runs: config.warmup_runs,
         },
+        Arc::clone(&metrics),
     );
-    Ok(Arc::new(AppState::new(Arc::new(registry), Arc::new(config))))
+    Ok(Arc::new(AppState::new(Arc::new(registry), Arc::new(config), metrics)))
 }
 
 /// Parses `--preload` against the repository and devices; a name or device that does not exist
@@ -143,11 +171,12 @@ fn parse_preload(state: &AppState) -> anyhow::Result<Vec<(Arc<ModelSpec>, Device
 /// Loads and pins the preloaded models after the port listens, so health answers at once
 /// (the seed's start-up time-out fix). With `health`, turns `""` SERVING when all are ready.
 async fn preload_task(
-    registry: Arc<ModelRegistry>,
+    state: Arc<AppState>,
     models: Vec<(Arc<ModelSpec>, Device)>,
     health: Option<HealthReporter>,
     shutdown: CancellationToken,
 ) {
+    let registry = &state.registry;
     let mut all_ready = true;
     for (spec, device) in models {
         registry.set_pinned(&spec, device, true);
@@ -166,9 +195,26 @@ async fn preload_task(
     if let Some(health) = health {
         if all_ready {
             set_health(&health, ServingStatus::Serving).await;
+            state.ready.store(true, std::sync::atomic::Ordering::Release);
             tracing::info!("every preloaded model is ready; health SERVING");
         } else {
             tracing::error!("a preloaded model failed; health stays NOT_SERVING (--ready-after-preload)");
+        }
+    }
+}
+
+/// Samples process memory, CPU and threads every `interval` into the Stats history.
+async fn sampler_task(state: Arc<AppState>, interval: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(interval.max(Duration::from_millis(100)));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let s = Arc::clone(&state);
+                if tokio::task::spawn_blocking(move || s.sampler.sample()).await.is_err() {
+                    tracing::warn!("system sampler panicked");
+                }
+            }
+            () = shutdown.cancelled() => return,
         }
     }
 }

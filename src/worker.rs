@@ -15,11 +15,12 @@ use std::time::Instant;
 use crate::batch::{BatchPolicy, Job, JobOutput, Payload, Skip, check_live, compatible, merge, split, split_rows};
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::model::{Backend, HostTensor, ModelSpec, SharedFactory, classify};
 use crate::tokenize::{TextEncoder, TextInfo};
 
 /// How a worker runs its model.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct WorkerSettings {
     /// libtorch intra-op threads.
     pub threads: usize,
@@ -29,6 +30,8 @@ pub struct WorkerSettings {
     pub policy: BatchPolicy,
     /// Warm-up passes after the load.
     pub warmup_runs: usize,
+    /// Where queue, compute and batch figures go.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Cloneable sender side of a worker's queue.
@@ -107,7 +110,7 @@ pub fn spawn_worker(
     settings: WorkerSettings,
     on_loaded: impl FnOnce(std::result::Result<Loaded, String>) + Send + 'static,
 ) -> std::io::Result<JoinHandle<()>> {
-    let WorkerSettings { threads, capacity, policy, warmup_runs } = settings;
+    let WorkerSettings { threads, capacity, policy, warmup_runs, metrics } = settings;
     let (tx, rx) = sync_channel(capacity);
     let handle = WorkerHandle { tx, model: Arc::from(spec.name.as_str()), device, capacity, counters: Arc::default() };
     std::thread::Builder::new().name(format!("torch-{}-{}", spec.name, device)).spawn(move || {
@@ -132,7 +135,8 @@ pub fn spawn_worker(
         let counters = Arc::clone(&handle.counters);
         let memory_bytes = backend.memory_bytes();
         on_loaded(Ok(Loaded { handle, memory_bytes }));
-        run_worker(&spec, backend, encoder, &rx, &counters, policy);
+        let labels = Labels { model: spec.name.clone(), device: device.label(), metrics };
+        run_worker(&spec, backend, encoder, &rx, &counters, policy, &labels);
     })
 }
 
@@ -143,6 +147,7 @@ fn run_worker(
     rx: &Receiver<Job>,
     counters: &WorkerCounters,
     policy: BatchPolicy,
+    labels: &Labels,
 ) {
     // A job taken from the queue that did not fit the batch being formed opens the next one.
     let mut carry: Option<Job> = None;
@@ -154,7 +159,7 @@ fn run_worker(
                 Err(_) => return, // every handle dropped: unloaded or shutting down
             },
         };
-        let Some(first) = keep_live(first, counters) else { continue };
+        let Some(first) = keep_live(first, counters, labels) else { continue };
         let mut rows = first.rows;
         let mut batch = vec![first];
         let wait_until = Instant::now() + policy.max_delay;
@@ -162,7 +167,7 @@ fn run_worker(
             let now = Instant::now();
             let next = if now >= wait_until { rx.try_recv().ok() } else { rx.recv_timeout(wait_until - now).ok() };
             let Some(job) = next else { break };
-            let Some(job) = keep_live(job, counters) else { continue };
+            let Some(job) = keep_live(job, counters, labels) else { continue };
             if rows + job.rows > policy.max_rows || !compatible(&batch[0].payload, &job.payload) {
                 carry = Some(job);
                 break;
@@ -170,13 +175,13 @@ fn run_worker(
             rows += job.rows;
             batch.push(job);
         }
-        run_batch(spec, backend.as_mut(), encoder.as_mut(), batch, rows, counters);
+        run_batch(spec, backend.as_mut(), encoder.as_mut(), batch, rows, counters, labels);
     }
 }
 
 /// Drops a job whose client left (counted) or whose deadline passed in the queue (answered
 /// DEADLINE_EXCEEDED, counted); returns the job otherwise.
-fn keep_live(job: Job, counters: &WorkerCounters) -> Option<Job> {
+fn keep_live(job: Job, counters: &WorkerCounters, labels: &Labels) -> Option<Job> {
     match check_live(&job) {
         None => Some(job),
         Some(Skip::Cancelled) => {
@@ -186,6 +191,7 @@ fn keep_live(job: Job, counters: &WorkerCounters) -> Option<Job> {
         }
         Some(Skip::Expired) => {
             counters.expired_queued.fetch_add(1, Ordering::Relaxed);
+            labels.metrics.deadline_exceeded.with_label_values(&[job.rpc, &labels.model, "queue"]).inc();
             let _ = job.reply.send(Err(Error::DeadlineExceeded { stage: "queued" }));
             counters.pending.fetch_sub(1, Ordering::AcqRel);
             None
@@ -201,14 +207,18 @@ fn run_batch(
     batch: Vec<Job>,
     rows: usize,
     counters: &WorkerCounters,
+    labels: &Labels,
 ) {
     let started = Instant::now();
+    let lv = [labels.model.as_str(), labels.device.as_str()];
     let row_counts: Vec<usize> = batch.iter().map(|j| j.rows).collect();
     let mut replies = Vec::with_capacity(batch.len());
     let mut payloads = Vec::with_capacity(batch.len());
     for job in batch {
         payloads.push(job.payload);
-        replies.push((job.reply, job.deadline, started.duration_since(job.enqueued)));
+        let queued = started.duration_since(job.enqueued);
+        labels.metrics.queue_duration.with_label_values(&lv).observe(queued.as_secs_f64());
+        replies.push((job.reply, job.deadline, queued, job.rpc));
     }
     let result = run_payload(spec, backend, encoder, merge(payloads)).and_then(|(outputs, texts)| {
         let predictions = predictions_for(spec, &outputs, rows);
@@ -216,22 +226,33 @@ fn run_batch(
         Ok((outputs, split_rows(predictions, &row_counts), split_rows(texts, &row_counts)))
     });
     let compute = started.elapsed();
+    labels.metrics.compute_duration.with_label_values(&lv).observe(compute.as_secs_f64());
+    labels.metrics.batch_size.with_label_values(&lv).observe(rows as f64);
     let jobs = replies.len() as u64;
     counters.batches.fetch_add(1, Ordering::Relaxed);
     counters.completed.fetch_add(jobs, Ordering::Relaxed);
     match result {
         Ok((outputs, predictions, texts)) => {
             let parts = outputs.into_iter().zip(predictions).zip(texts);
-            for ((reply, deadline, queue), ((outputs, predictions), texts)) in replies.into_iter().zip(parts) {
+            for ((reply, deadline, queue, rpc), ((outputs, predictions), texts)) in replies.into_iter().zip(parts) {
                 if deadline.is_expired() {
                     // Computed, but too late: the handler has already answered DEADLINE_EXCEEDED.
                     counters.expired_computing.fetch_add(1, Ordering::Relaxed);
+                    labels.metrics.deadline_exceeded.with_label_values(&[rpc, &labels.model, "compute"]).inc();
+                }
+                if !texts.is_empty() {
+                    let tokens: usize = texts.iter().map(|t: &TextInfo| t.tokens).sum();
+                    labels.metrics.tokens.with_label_values(&[&labels.model]).inc_by(tokens as u64);
+                    let cut = texts.iter().filter(|t| t.truncated).count() as u64;
+                    if cut > 0 {
+                        labels.metrics.truncated_texts.with_label_values(&[&labels.model]).inc_by(cut);
+                    }
                 }
                 let _ = reply.send(Ok(JobOutput { outputs, predictions, queue, compute, batch_size: rows, texts }));
             }
         }
         Err(detail) => {
-            for (reply, _, _) in replies {
+            for (reply, _, _, _) in replies {
                 let _ = reply.send(Err(Error::Forward { model: spec.name.clone(), detail: detail.clone() }));
             }
         }
@@ -271,6 +292,13 @@ fn warm_up(
         run_payload(spec, backend, encoder.as_deref_mut(), payload)?;
     }
     Ok(())
+}
+
+/// Metric labels and sink of one worker.
+struct Labels {
+    model: String,
+    device: String,
+    metrics: Arc<Metrics>,
 }
 
 /// Tokenises (text jobs) and runs the forward pass.

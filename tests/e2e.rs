@@ -18,13 +18,25 @@ fn grpcurl_path() -> PathBuf {
 struct Server {
     child: Child,
     addr: String,
+    metrics_addr: String,
+    /// JSON log lines the server printed after start-up.
+    log: std::sync::mpsc::Receiver<String>,
 }
 
 impl Server {
     /// Starts the binary on 127.0.0.1:0 and reads the bound address from its JSON log.
     fn start() -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_torchwire"))
-            .args(["serve", "--grpc-addr", "127.0.0.1:0", "--log-format", "json", "--cpu-only"])
+            .args([
+                "serve",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--cpu-only",
+            ])
             .arg("--model-dir")
             .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/fixtures"))
             .env_remove("RUST_LOG")
@@ -34,16 +46,25 @@ impl Server {
             .expect("start torchwire");
         let stderr = child.stderr.take().unwrap();
         let mut lines = BufReader::new(stderr).lines();
-        let addr = loop {
+        let (mut addr, mut metrics_addr) = (None, None);
+        while addr.is_none() || metrics_addr.is_none() {
             let line = lines.next().expect("torchwire exited before serving").unwrap();
             let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
             if v["message"] == "serving gRPC" {
-                break v["addr"].as_str().unwrap().to_owned();
+                addr = v["addr"].as_str().map(str::to_owned);
             }
-        };
-        // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Server { child, addr }
+            if v["message"] == "serving HTTP /metrics, /healthz, /readyz" {
+                metrics_addr = v["addr"].as_str().map(str::to_owned);
+            }
+        }
+        // Keep draining the log so the server never blocks on a full pipe; tests may read it.
+        let (tx, log) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Server { child, addr: addr.unwrap(), metrics_addr: metrics_addr.unwrap(), log }
     }
 
     /// `grpcurl -plaintext FLAGS ADDR COMMAND...`

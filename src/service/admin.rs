@@ -5,7 +5,7 @@ use tonic::{Request, Response, Status};
 
 use super::{SharedState, boundary};
 use crate::device::DeviceRequest;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::{InputSpec, ModelSpec};
 use crate::proto::{self, admin_server::Admin};
 use crate::registry::{DeviceStatus, LoadState};
@@ -87,9 +87,15 @@ impl Admin for AdminService {
         req: Request<proto::ResetStatsRequest>,
     ) -> Result<Response<proto::ResetStatsResponse>, Status> {
         let call = self.state.call("ResetStats", &req, "", false);
-        boundary(&self.state, call, async { Err(Error::Unimplemented { rpc: "ResetStats" }) }).await
+        self.state.stats.reset();
+        tracing::info!("request statistics reset (Prometheus counters are not)");
+        boundary(&self.state, call, async { Ok(proto::ResetStatsResponse {}) }).await
     }
 }
+
+impl super::BatchSized for proto::ListModelsResponse {}
+impl super::BatchSized for proto::ModelInfo {}
+impl super::BatchSized for proto::ResetStatsResponse {}
 
 /// A model's manifest and per-device state in proto form.
 pub fn model_info(spec: &ModelSpec, devices: &[DeviceStatus]) -> proto::ModelInfo {

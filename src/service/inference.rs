@@ -3,6 +3,7 @@
 //! A Predict goes: model name -> spec, device -> resolved device, request -> validated inputs,
 //! then the (model, device) worker, loaded on first use; the answer comes back on a oneshot.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use tokio::sync::oneshot;
@@ -11,7 +12,7 @@ use tonic::{Request, Response, Status};
 use super::{SharedState, boundary};
 use crate::batch::{Job, JobOutput, Payload};
 use crate::deadline::Deadline;
-use crate::device::DeviceRequest;
+use crate::device::{Device, DeviceRequest};
 use crate::error::{Error, Result};
 use crate::model::ModelSpec;
 use crate::proto::{self, inference_server::Inference};
@@ -33,8 +34,8 @@ impl InferenceService {
 impl Inference for InferenceService {
     async fn predict(&self, req: Request<proto::PredictRequest>) -> Result<Response<proto::PredictResponse>, Status> {
         let call = self.state.call("Predict", &req, &req.get_ref().model, true);
-        let deadline = call.deadline;
-        boundary(&self.state, call, predict(&self.state, req.into_inner(), deadline)).await
+        let ctx = Ctx { deadline: call.deadline, device: Arc::clone(&call.device) };
+        boundary(&self.state, call, predict(&self.state, req.into_inner(), ctx)).await
     }
 
     async fn sentiment(
@@ -42,26 +43,59 @@ impl Inference for InferenceService {
         req: Request<proto::SentimentRequest>,
     ) -> Result<Response<proto::SentimentResponse>, Status> {
         let call = self.state.call("Sentiment", &req, &req.get_ref().model, true);
-        let deadline = call.deadline;
-        boundary(&self.state, call, sentiment(&self.state, req.into_inner(), deadline)).await
+        let ctx = Ctx { deadline: call.deadline, device: Arc::clone(&call.device) };
+        boundary(&self.state, call, sentiment(&self.state, req.into_inner(), ctx)).await
     }
 
     async fn stats(&self, req: Request<proto::StatsRequest>) -> Result<Response<proto::StatsResponse>, Status> {
         let call = self.state.call("Stats", &req, &req.get_ref().model, false);
-        boundary(&self.state, call, async { Err(Error::Unimplemented { rpc: "Stats" }) }).await
+        let model = req.into_inner().model;
+        let state = Arc::clone(&self.state);
+        boundary(&self.state, call, async move {
+            if !model.is_empty() {
+                state.registry.spec(&model)?;
+            }
+            let sample = {
+                let state = Arc::clone(&state);
+                tokio::task::spawn_blocking(move || state.sampler.sample())
+                    .await
+                    .map_err(|e| Error::internal(format!("sampler: {e}")))?
+            };
+            Ok(super::stats::stats_response(&state, (!model.is_empty()).then_some(model.as_str()), sample))
+        })
+        .await
     }
 }
 
-async fn predict(
-    state: &SharedState,
-    req: proto::PredictRequest,
+/// What a handler needs from its call besides the request.
+struct Ctx {
     deadline: Deadline,
-) -> Result<proto::PredictResponse> {
+    /// Set once the device is chosen, for per-device statistics.
+    device: Arc<OnceLock<Device>>,
+}
+
+impl super::BatchSized for proto::PredictResponse {
+    fn batch_size(&self) -> Option<usize> {
+        self.timing.as_ref().and_then(|t| usize::try_from(t.batch_size).ok())
+    }
+}
+
+impl super::BatchSized for proto::SentimentResponse {
+    fn batch_size(&self) -> Option<usize> {
+        self.timing.as_ref().and_then(|t| usize::try_from(t.batch_size).ok())
+    }
+}
+
+impl super::BatchSized for proto::StatsResponse {}
+
+async fn predict(state: &SharedState, req: proto::PredictRequest, ctx: Ctx) -> Result<proto::PredictResponse> {
     let arrived = Instant::now();
     let spec = state.registry.spec(&req.model)?;
     let device = state.registry.pick_device(&spec, DeviceRequest::parse(&req.device)?)?;
+    let _ = ctx.device.set(device);
     let inputs = validate::predict_inputs(&spec, &req, state.config.limits)?;
-    let out = run_job(state, &spec, device, deadline, Payload::Tensors(inputs.tensors), inputs.rows).await?;
+    let out =
+        run_job(state, "Predict", &spec, device, ctx.deadline, Payload::Tensors(inputs.tensors), inputs.rows).await?;
     Ok(proto::PredictResponse {
         model: spec.name.clone(),
         device: device.to_string(),
@@ -71,11 +105,7 @@ async fn predict(
     })
 }
 
-async fn sentiment(
-    state: &SharedState,
-    req: proto::SentimentRequest,
-    deadline: Deadline,
-) -> Result<proto::SentimentResponse> {
+async fn sentiment(state: &SharedState, req: proto::SentimentRequest, ctx: Ctx) -> Result<proto::SentimentResponse> {
     let arrived = Instant::now();
     let spec = if req.model.is_empty() {
         state.registry.repository().default_text_model()?
@@ -83,13 +113,15 @@ async fn sentiment(
         state.registry.spec(&req.model)?
     };
     let device = state.registry.pick_device(&spec, DeviceRequest::parse(&req.device)?)?;
+    let _ = ctx.device.set(device);
     let inputs = validate::sentiment_inputs(&spec, req, device.default_max_text_length(), state.config.limits)?;
     let rows = inputs.texts.len();
     let out = run_job(
         state,
+        "Sentiment",
         &spec,
         device,
-        deadline,
+        ctx.deadline,
         Payload::Texts { texts: inputs.texts, max_length: inputs.max_length },
         rows,
     )
@@ -126,6 +158,7 @@ async fn sentiment(
 /// Loads the model if needed, queues the job and waits for its answer.
 async fn run_job(
     state: &SharedState,
+    rpc: &'static str,
     spec: &std::sync::Arc<ModelSpec>,
     device: crate::device::Device,
     deadline: Deadline,
@@ -134,7 +167,7 @@ async fn run_job(
 ) -> Result<JobOutput> {
     let worker = state.registry.get_or_load(spec, device).await?;
     let (reply, answer) = oneshot::channel();
-    worker.submit(Job { payload, rows, deadline, enqueued: Instant::now(), reply })?;
+    worker.submit(Job { rpc, payload, rows, deadline, enqueued: Instant::now(), reply })?;
     answer.await.map_err(|_| Error::internal("worker dropped a job without answering"))?
 }
 

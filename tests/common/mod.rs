@@ -16,6 +16,7 @@ use torchwire::model::SharedFactory;
 use torchwire::model::torch::TorchFactory;
 use torchwire::proto::admin_client::AdminClient;
 use torchwire::proto::inference_client::InferenceClient;
+use torchwire::server::Listeners;
 
 /// The committed fixture repository.
 pub fn fixtures_dir() -> PathBuf {
@@ -24,8 +25,10 @@ pub fn fixtures_dir() -> PathBuf {
 
 /// A running in-process server.
 pub struct TestServer {
-    /// Where it listens.
+    /// Where gRPC listens.
     pub addr: SocketAddr,
+    /// Where HTTP /metrics, /healthz, /readyz listen.
+    pub metrics_addr: SocketAddr,
     /// A connected channel.
     pub channel: Channel,
     /// Cancelling it starts the server's graceful shutdown.
@@ -43,14 +46,17 @@ impl TestServer {
     pub async fn start_with(config: Config, factory: SharedFactory) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
+        let metrics = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let metrics_addr = metrics.local_addr().expect("local addr");
+        let listeners = Listeners { grpc: listener, metrics: Some(metrics) };
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(torchwire::server::run_with_factory(config, listener, shutdown.clone(), factory));
+        let task = tokio::spawn(torchwire::server::run_with_factory(config, listeners, shutdown.clone(), factory));
         let channel = Endpoint::from_shared(format!("http://{addr}"))
             .expect("endpoint")
             .connect()
             .await
             .expect("connect to test server");
-        TestServer { addr, channel, shutdown, task: Some(task) }
+        TestServer { addr, metrics_addr, channel, shutdown, task: Some(task) }
     }
 
     /// An Inference client.
@@ -61,6 +67,11 @@ impl TestServer {
     /// An Admin client.
     pub fn admin(&self) -> AdminClient<Channel> {
         AdminClient::new(self.channel.clone())
+    }
+
+    /// GETs a path from the HTTP listener; returns (status code, body).
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(self.metrics_addr, path).await
     }
 
     /// Shuts down gracefully and returns how `run` ended.
@@ -75,4 +86,33 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// A minimal HTTP/1.1 GET (no client library needed for a loopback scrape).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to HTTP listener");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.expect("send request");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.expect("read response");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
 }
