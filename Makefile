@@ -8,12 +8,16 @@ PY     := $(VENV)/bin/python
 ADDR   ?= 127.0.0.1:50051
 STAMP  := $(VENV)/.torchwire-setup-v2
 
-.PHONY: setup models build run test lint fixtures clean
+.PHONY: setup setup-system models build run test lint fixtures clean
 
 $(STAMP): scripts/setup.sh
 	bash scripts/setup.sh
 
 setup: $(STAMP)
+
+# Debian packages the tests use (promtool and a Prometheus server).
+setup-system:
+	bash scripts/setup-system.sh
 
 models: setup
 	$(PY) models/build.py
@@ -28,7 +32,7 @@ lint: setup
 	cargo fmt --check
 	cargo clippy --locked --all-targets -- -D warnings
 
-test: lint
+test: lint setup-system
 	cargo test --locked
 
 # Regenerates the committed test fixtures (deterministic).

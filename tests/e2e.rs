@@ -220,3 +220,84 @@ fn sigterm_under_load_answers_every_request_and_exits_zero() {
     assert!(status.success(), "exit status: {status}");
     eprintln!("answered OK: {ok}, UNAVAILABLE after drain: {unavailable}");
 }
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()
+}
+
+/// A real Prometheus server (Debian's `prometheus`) scrapes the binary's /metrics on loopback,
+/// and the request counter is read back through Prometheus' query API. The JSON log of a
+/// refused request carries its request id, rpc, model, peer and code.
+#[test]
+fn a_real_prometheus_scrapes_the_metrics_and_json_logs_carry_the_fields() {
+    let server = Server::start();
+    let body = r#"{"model":"tiny_risk","rows":[{"features":{"age":63,"bmi":31.2,"glucose":160,"systolic_bp":145}}]}"#;
+    for _ in 0..4 {
+        let (ok, out) = server.grpcurl(&["-d", body], &["torchwire.v1.Inference/Predict"]);
+        assert!(ok, "{out}");
+    }
+    let (ok, _) = server.grpcurl(
+        &["-H", "x-request-id: req-42", "-d", r#"{"model":"tiny_risk","rows":[{}]}"#],
+        &["torchwire.v1.Inference/Predict"],
+    );
+    assert!(!ok);
+
+    // The refused request's log line, with the span fields.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let line = server
+            .log
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("log line of the refused request");
+        if line.contains("req-42") {
+            break line;
+        }
+    };
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["message"], "request refused", "{line}");
+    assert_eq!(v["code"], "invalid_input", "{line}");
+    assert_eq!(v["span"]["id"], "req-42", "{line}");
+    assert_eq!(v["span"]["rpc"], "Predict", "{line}");
+    assert_eq!(v["span"]["model"], "tiny_risk", "{line}");
+    assert!(v["span"]["peer"].as_str().unwrap().starts_with("ip:127.0.0.1"), "{line}");
+
+    let dir = std::env::temp_dir().join(format!("torchwire-prom-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: torchwire\n    static_configs:\n      - targets: ['{}']\n", server.metrics_addr),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let web = format!("127.0.0.1:{port}");
+    let mut prom = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address={web}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus (Debian package prometheus; `make test` installs it)");
+    let query = "/api/v1/query?query=torchwire_requests_total%7Brpc%3D%22Predict%22%2Ccode%3D%22OK%22%7D";
+    let started = Instant::now();
+    let value = loop {
+        assert!(started.elapsed() < Duration::from_secs(60), "Prometheus never returned the counter");
+        std::thread::sleep(Duration::from_millis(250));
+        let Ok(_) = std::net::TcpStream::connect(&web) else { continue };
+        let body = http_get(&web, query);
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else { continue };
+        if let Some(value) = v["data"]["result"][0]["value"][1].as_str() {
+            break value.to_owned();
+        }
+    };
+    let _ = prom.kill();
+    let _ = prom.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(value, "4", "Prometheus read torchwire_requests_total for the 4 OK Predicts");
+}
