@@ -49,6 +49,10 @@ pub struct ServeArgs {
     /// disables it.
     #[arg(long, env = "TORCHWIRE_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: String,
+    /// Record per-request metrics and Stats figures; `false` only to measure what recording
+    /// costs (scrapes then show residency and load figures only).
+    #[arg(long, env = "TORCHWIRE_METRICS_RECORDING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub metrics_recording: bool,
     /// Seconds between process-memory samples in the Stats history.
     #[arg(long, env = "TORCHWIRE_MEMORY_SAMPLE_SECS", default_value_t = 5)]
     pub memory_sample_secs: u64,
@@ -214,6 +218,7 @@ impl TryFrom<ServeArgs> for Config {
             },
             memory_sample_interval: Duration::from_secs(a.memory_sample_secs.max(1)),
             log_file: a.log_file,
+            metrics_recording: a.metrics_recording,
             admission: AdmissionConfig {
                 max_inflight: a.max_inflight,
                 rate_limit_rps: a.rate_limit_rps,

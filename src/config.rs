@@ -68,6 +68,8 @@ pub struct Config {
     pub memory_sample_interval: Duration,
     /// Also write logs to this file.
     pub log_file: Option<PathBuf>,
+    /// Record per-request metrics and statistics (off only to measure their cost).
+    pub metrics_recording: bool,
 }
 
 impl Config {
@@ -98,6 +100,7 @@ impl Config {
             metrics_addr: None,
             memory_sample_interval: Duration::from_secs(5),
             log_file: None,
+            metrics_recording: true,
         }
     }
 

@@ -131,7 +131,7 @@ async fn build_state(config: Config, factory: SharedFactory) -> anyhow::Result<S
     .await??;
     tracing::info!(models = ?repo.names(), gpus = devices.gpu_count(), "repository scanned");
     let workers = repo.len().clamp(1, config.max_loaded_models.max(1));
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::with_recording(config.metrics_recording));
     let registry = ModelRegistry::new(
         repo,
         devices,

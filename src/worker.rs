@@ -217,7 +217,9 @@ fn run_batch(
     for job in batch {
         payloads.push(job.payload);
         let queued = started.duration_since(job.enqueued);
-        labels.metrics.queue_duration.with_label_values(&lv).observe(queued.as_secs_f64());
+        if labels.metrics.recording {
+            labels.metrics.queue_duration.with_label_values(&lv).observe(queued.as_secs_f64());
+        }
         replies.push((job.reply, job.deadline, queued, job.rpc));
     }
     let result = run_payload(spec, backend, encoder, merge(payloads)).and_then(|(outputs, texts)| {
@@ -226,8 +228,10 @@ fn run_batch(
         Ok((outputs, split_rows(predictions, &row_counts), split_rows(texts, &row_counts)))
     });
     let compute = started.elapsed();
-    labels.metrics.compute_duration.with_label_values(&lv).observe(compute.as_secs_f64());
-    labels.metrics.batch_size.with_label_values(&lv).observe(rows as f64);
+    if labels.metrics.recording {
+        labels.metrics.compute_duration.with_label_values(&lv).observe(compute.as_secs_f64());
+        labels.metrics.batch_size.with_label_values(&lv).observe(rows as f64);
+    }
     let jobs = replies.len() as u64;
     counters.batches.fetch_add(1, Ordering::Relaxed);
     counters.completed.fetch_add(jobs, Ordering::Relaxed);
@@ -240,7 +244,7 @@ fn run_batch(
                     counters.expired_computing.fetch_add(1, Ordering::Relaxed);
                     labels.metrics.deadline_exceeded.with_label_values(&[rpc, &labels.model, "compute"]).inc();
                 }
-                if !texts.is_empty() {
+                if labels.metrics.recording && !texts.is_empty() {
                     let tokens: usize = texts.iter().map(|t: &TextInfo| t.tokens).sum();
                     labels.metrics.tokens.with_label_values(&[&labels.model]).inc_by(tokens as u64);
                     let cut = texts.iter().filter(|t| t.truncated).count() as u64;

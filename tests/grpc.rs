@@ -273,14 +273,6 @@ async fn list_and_get_models_describe_the_repository() {
 }
 
 #[tokio::test]
-async fn rpcs_of_later_issues_answer_unimplemented() {
-    let server = TestServer::start(Config::for_tests(fixtures_dir())).await;
-    let status = server.inference().stats(proto::StatsRequest::default()).await.unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
-    assert!(status.message().contains("Stats"), "{}", status.message());
-}
-
-#[tokio::test]
 async fn health_is_serving_then_not_serving_on_shutdown() {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};

@@ -161,8 +161,11 @@ where
     async move {
         let started = Instant::now();
         let model = state.model_label(&call.model);
-        let inflight = state.metrics.inflight.with_label_values(&[call.rpc]);
-        inflight.inc();
+        let recording = state.metrics.recording;
+        let inflight = recording.then(|| state.metrics.inflight.with_label_values(&[call.rpc]));
+        if let Some(g) = &inflight {
+            g.inc();
+        }
         let result = match call.admitted.then(|| state.admission.admit(&call.client, &call.model)).transpose() {
             Err(e) => Err(e),
             // The permit, if any, lives until the handler is done.
@@ -171,7 +174,9 @@ where
                 Err(_) => Err(Error::DeadlineExceeded { stage: "waiting for the model" }),
             },
         };
-        inflight.dec();
+        if let Some(g) = &inflight {
+            g.dec();
+        }
         let latency = started.elapsed();
         let code = match &result {
             Ok(_) => tonic::Code::Ok,
@@ -179,25 +184,9 @@ where
         };
         let code_name = code_name(code);
         let device = call.device.get().map(Device::label);
-        let m = &state.metrics;
-        m.requests.with_label_values(&[call.rpc, model, code_name]).inc();
-        m.request_duration.with_label_values(&[call.rpc, model]).observe(latency.as_secs_f64());
-        if let Err(e) = &result {
-            if let Some(reason) = rejection_reason(e) {
-                m.rejected.with_label_values(&[call.rpc, model, reason]).inc();
-            }
-            if matches!(e, Error::DeadlineExceeded { stage } if !stage.starts_with("queued")) {
-                m.deadline_exceeded.with_label_values(&[call.rpc, model, "handler"]).inc();
-            }
+        if recording {
+            record(state, &call, model, code_name, device.as_deref(), latency, &result);
         }
-        state.stats.record(&Outcome {
-            model,
-            device: device.as_deref(),
-            status: code_name,
-            error: result.as_ref().err().map(Error::code_label),
-            latency,
-            batch_size: result.as_ref().ok().and_then(BatchSized::batch_size),
-        });
         let micros = latency.as_micros();
         let mut response = match result {
             Ok(v) => {
@@ -227,6 +216,37 @@ where
     }
     .instrument(span)
     .await
+}
+
+/// Records one finished call in the metrics and the Stats figures.
+fn record<T: BatchSized>(
+    state: &AppState,
+    call: &Call,
+    model: &str,
+    code_name: &'static str,
+    device: Option<&str>,
+    latency: std::time::Duration,
+    result: &Result<T>,
+) {
+    let m = &state.metrics;
+    m.requests.with_label_values(&[call.rpc, model, code_name]).inc();
+    m.request_duration.with_label_values(&[call.rpc, model]).observe(latency.as_secs_f64());
+    if let Err(e) = &result {
+        if let Some(reason) = rejection_reason(e) {
+            m.rejected.with_label_values(&[call.rpc, model, reason]).inc();
+        }
+        if matches!(e, Error::DeadlineExceeded { stage } if !stage.starts_with("queued")) {
+            m.deadline_exceeded.with_label_values(&[call.rpc, model, "handler"]).inc();
+        }
+    }
+    state.stats.record(&Outcome {
+        model,
+        device,
+        status: code_name,
+        error: result.as_ref().err().map(Error::code_label),
+        latency,
+        batch_size: result.as_ref().ok().and_then(BatchSized::batch_size),
+    });
 }
 
 /// Responses that say how large a batch their request ran in (for statistics).
