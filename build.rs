@@ -1,4 +1,5 @@
-//! Build script: compiles `proto/torchwire/v1/*.proto` with protox (no system `protoc`) and
+//! Build script: compiles `proto/torchwire/v1/*.proto` and `proto/inference/*.proto` (KServe
+//! v2, Triton-compatible) with protox (no system `protoc`) and
 //! tonic-prost-build, writes the file descriptor set that reflection serves, and links the
 //! binaries against libtorch with an rpath so they run without `LD_LIBRARY_PATH`.
 
@@ -6,7 +7,11 @@ use std::env;
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/torchwire/v1/torchwire.proto"];
+    let protos = [
+        "proto/torchwire/v1/torchwire.proto",
+        "proto/inference/grpc_service.proto",
+        "proto/inference/model_config.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }
@@ -17,7 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
     let fds_path = out.join("torchwire_descriptor.bin");
     std::fs::write(&fds_path, prost::Message::encode_to_vec(&fds))?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // KServe tensors travel as raw bytes: `Bytes` avoids a copy per tensor.
+    tonic_prost_build::configure().bytes(".inference").compile_fds(fds)?;
 
     link_libtorch();
     Ok(())

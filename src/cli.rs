@@ -53,6 +53,10 @@ pub struct ServeArgs {
     /// costs (scrapes then show residency and load figures only).
     #[arg(long, env = "TORCHWIRE_METRICS_RECORDING", default_value_t = true, action = clap::ArgAction::Set)]
     pub metrics_recording: bool,
+    /// Largest gRPC message, in bytes, that Inference and KServe decode or encode (tonic's
+    /// default is 4 MiB; tritonclient opens channels at 2 GiB).
+    #[arg(long, env = "TORCHWIRE_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_message_bytes: usize,
     /// Seconds between process-memory samples in the Stats history.
     #[arg(long, env = "TORCHWIRE_MEMORY_SAMPLE_SECS", default_value_t = 5)]
     pub memory_sample_secs: u64,
@@ -219,6 +223,7 @@ impl TryFrom<ServeArgs> for Config {
             memory_sample_interval: Duration::from_secs(a.memory_sample_secs.max(1)),
             log_file: a.log_file,
             metrics_recording: a.metrics_recording,
+            max_message_bytes: a.max_message_bytes,
             admission: AdmissionConfig {
                 max_inflight: a.max_inflight,
                 rate_limit_rps: a.rate_limit_rps,

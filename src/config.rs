@@ -70,6 +70,8 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
     /// Record per-request metrics and statistics (off only to measure their cost).
     pub metrics_recording: bool,
+    /// Largest gRPC message decoded or encoded by the inference services.
+    pub max_message_bytes: usize,
 }
 
 impl Config {
@@ -101,6 +103,7 @@ impl Config {
             memory_sample_interval: Duration::from_secs(5),
             log_file: None,
             metrics_recording: true,
+            max_message_bytes: 64 * 1024 * 1024,
         }
     }
 

@@ -25,6 +25,11 @@ impl Deadline {
         Deadline { at: arrived + asked.unwrap_or(default).min(max) }
     }
 
+    /// This deadline, or `within` from now when that is sooner.
+    pub fn tightened(self, within: Duration) -> Self {
+        Deadline { at: self.at.min(Instant::now() + within) }
+    }
+
     /// The instant itself.
     pub fn at(&self) -> Instant {
         self.at

@@ -6,5 +6,11 @@
 
 tonic::include_proto!("torchwire.v1");
 
+/// KServe v2 / Open Inference Protocol (`inference.GRPCInferenceService`), Triton-compatible.
+pub mod kserve {
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("inference");
+}
+
 /// The encoded `FileDescriptorSet` of every torchwire proto, for tonic-reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/torchwire_descriptor.bin"));

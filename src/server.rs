@@ -22,9 +22,11 @@ use crate::model::manifest::Repository;
 use crate::model::torch::TorchFactory;
 use crate::proto::admin_server::AdminServer;
 use crate::proto::inference_server::InferenceServer;
+use crate::proto::kserve::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::registry::{ModelRegistry, RegistryConfig};
 use crate::service::admin::AdminService;
 use crate::service::inference::InferenceService;
+use crate::service::kserve::KserveService;
 use crate::service::{AppState, SharedState};
 use crate::transport::{self, TransportConfig};
 
@@ -109,8 +111,17 @@ pub async fn run_with_factory(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(InferenceServer::new(InferenceService::new(Arc::clone(&state))))
-        .add_service(AdminServer::new(AdminService::new(Arc::clone(&state))));
+        .add_service(
+            InferenceServer::new(InferenceService::new(Arc::clone(&state)))
+                .max_decoding_message_size(config.max_message_bytes)
+                .max_encoding_message_size(config.max_message_bytes),
+        )
+        .add_service(AdminServer::new(AdminService::new(Arc::clone(&state))))
+        .add_service(
+            GrpcInferenceServiceServer::new(KserveService::new(Arc::clone(&state)))
+                .max_decoding_message_size(config.max_message_bytes)
+                .max_encoding_message_size(config.max_message_bytes),
+        );
     let transport =
         TransportConfig { grace: config.shutdown_grace, max_concurrent_streams: config.max_concurrent_streams };
     transport::serve(listener, routes.routes().prepare(), shutdown, transport, drain).await;
@@ -239,4 +250,5 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
     health.set_service_status("", status).await;
     health.set_service_status("torchwire.v1.Inference", status).await;
     health.set_service_status("torchwire.v1.Admin", status).await;
+    health.set_service_status("inference.GRPCInferenceService", status).await;
 }

@@ -237,15 +237,27 @@ fn tensor_from_proto(
             format!("input `{}` takes {}, got {dtype}", spec.name, spec.dtype),
         ));
     }
-    // Shape: rank, sign, fixed dims, then the element count with overflow checks.
-    if t.shape.len() != spec.shape.len() {
+    let numel = check_shape(field, &t.shape, spec, limits)?;
+    let data = tensor_bytes(field, t, dtype, numel)?;
+    let host = HostTensor { name: spec.name.clone(), dtype, shape: t.shape.clone(), data };
+    if dtype.is_float() && !allow_non_finite {
+        check_finite(field, &host)?;
+    }
+    Ok(host)
+}
+
+/// Checks a client-claimed shape against the input's declared one: rank, sign, fixed
+/// dimensions, then the element count, multiplied with overflow checks against the limit.
+/// Returns the element count; nothing of the claimed size is allocated before this passes.
+pub(crate) fn check_shape(field: &str, shape: &[i64], spec: &InputSpec, limits: Limits) -> Result<usize> {
+    if shape.len() != spec.shape.len() {
         return Err(Error::invalid(
             format!("{field}.shape"),
-            format!("input `{}` has shape {}, got {} dimension(s)", spec.name, shape_text(&spec.shape), t.shape.len()),
+            format!("input `{}` has shape {}, got {} dimension(s)", spec.name, shape_text(&spec.shape), shape.len()),
         ));
     }
     let mut numel: usize = 1;
-    for (d, (&got, &want)) in t.shape.iter().zip(&spec.shape).enumerate() {
+    for (d, (&got, &want)) in shape.iter().zip(&spec.shape).enumerate() {
         if got < 0 {
             return Err(Error::invalid(
                 format!("{field}.shape[{d}]"),
@@ -269,12 +281,7 @@ fn tensor_from_proto(
                 )
             })?;
     }
-    let data = tensor_bytes(field, t, dtype, numel)?;
-    let host = HostTensor { name: spec.name.clone(), dtype, shape: t.shape.clone(), data };
-    if dtype.is_float() && !allow_non_finite {
-        check_finite(field, &host)?;
-    }
-    Ok(host)
+    Ok(numel)
 }
 
 /// The tensor's elements as little-endian bytes, from whichever data field carries them.
@@ -364,7 +371,7 @@ fn narrow(field: &str, v: &[i32], f: impl Fn(i32) -> Option<u8>, ty: &str) -> Re
         .collect()
 }
 
-fn check_finite(field: &str, t: &HostTensor) -> Result<()> {
+pub(crate) fn check_finite(field: &str, t: &HostTensor) -> Result<()> {
     if let Some(i) = t.to_f32().iter().position(|v| !v.is_finite()) {
         return Err(Error::invalid(
             format!("{field}[{i}]"),

@@ -156,7 +156,7 @@ async fn sentiment(state: &SharedState, req: proto::SentimentRequest, ctx: Ctx) 
 }
 
 /// Loads the model if needed, queues the job and waits for its answer.
-async fn run_job(
+pub(super) async fn run_job(
     state: &SharedState,
     rpc: &'static str,
     spec: &std::sync::Arc<ModelSpec>,

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod inference;
+pub mod kserve;
 pub mod stats;
 
 use std::future::Future;
@@ -240,7 +241,8 @@ fn record<T: BatchSized>(
         }
     }
     state.stats.record(&Outcome {
-        model,
+        // Per-model figures count inference calls only (not metadata or admin calls).
+        model: if call.admitted { model } else { "" },
         device,
         status: code_name,
         error: result.as_ref().err().map(Error::code_label),
