@@ -95,8 +95,12 @@ pub struct Devices {
 }
 
 impl Devices {
-    /// Asks libtorch how many CUDA devices there are. Blocking libtorch call.
+    /// Asks libtorch how many CUDA devices there are, and sets libtorch's inter-op pool to one
+    /// thread (each worker is its own inter-op unit). Blocking libtorch call.
     pub fn detect() -> Self {
+        static INTEROP: std::sync::Once = std::sync::Once::new();
+        // libtorch refuses a second call, so it is made once per process.
+        INTEROP.call_once(|| tch::set_num_interop_threads(1));
         let gpus = if tch::Cuda::is_available() { usize::try_from(tch::Cuda::device_count()).unwrap_or(0) } else { 0 };
         Devices { gpus }
     }

@@ -109,6 +109,8 @@ pub struct DeviceStatus {
     pub max_text_length: usize,
     /// libtorch intra-op threads of the worker.
     pub intra_op_threads: usize,
+    /// `fp16` on a GPU where the manifest allows it, else `fp32`.
+    pub precision: &'static str,
 }
 
 type LoadOutcome = Option<std::result::Result<WorkerHandle, String>>;
@@ -472,6 +474,7 @@ impl ModelRegistry {
                         .as_ref()
                         .map_or(0, |t| device.default_max_text_length().min(t.max_length)),
                     intra_op_threads: self.config.threads_per_worker,
+                    precision: if spec.fp16 && device != Device::Cpu { "fp16" } else { "fp32" },
                 };
                 if let Some(slot) = slot {
                     st.last_used_unix_ms = slot.last_used_unix_ms.load(Ordering::Relaxed);

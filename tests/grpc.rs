@@ -143,7 +143,7 @@ async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
             "unknown model",
             PredictRequest { model: "nope".into(), ..good.clone() },
             Code::NotFound,
-            "available models: broken, tiny_risk",
+            "available models: broken, tiny_bert, tiny_risk",
         ),
         ("slash", PredictRequest { model: "a/b".into(), ..good.clone() }, Code::InvalidArgument, "must match"),
         (
@@ -257,8 +257,8 @@ async fn list_and_get_models_describe_the_repository() {
     let mut admin = server.admin();
     let list = admin.list_models(ListModelsRequest {}).await.unwrap().into_inner();
     let names: Vec<&str> = list.models.iter().map(|m| m.name.as_str()).collect();
-    assert_eq!(names, ["broken", "tiny_risk"]);
-    let tiny = &list.models[1];
+    assert_eq!(names, ["broken", "tiny_bert", "tiny_risk"]);
+    let tiny = &list.models[2];
     assert_eq!(tiny.kind, "tabular");
     assert_eq!(tiny.labels, ["low", "medium", "high"]);
     let features: Vec<(&str, &str)> =

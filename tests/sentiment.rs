@@ -165,7 +165,11 @@ async fn bad_sentiment_requests_get_clear_errors_and_the_server_keeps_serving() 
     let cases: Vec<(&str, SentimentRequest, &str)> = vec![
         ("neither", base.clone(), "both are empty"),
         ("both", SentimentRequest { text: "a".into(), texts: vec!["b".into()], ..base.clone() }, "not both"),
-        ("too many", SentimentRequest { texts: vec!["ok".into(); 257], ..base.clone() }, "at most 256 texts per request, got 257"),
+        (
+            "too many",
+            SentimentRequest { texts: vec!["ok".into(); 257], ..base.clone() },
+            "at most 256 texts per request, got 257",
+        ),
         ("too long", SentimentRequest { text: "x".repeat(64 * 1024 + 1), ..base.clone() }, "at most 65536 bytes"),
         (
             "negative max_length",

@@ -113,6 +113,8 @@ pub struct ModelSpec {
     pub pin: bool,
     /// Text models: tokenizer and length limit.
     pub text: Option<TextSpec>,
+    /// Whether the model may run in fp16 on a GPU (the CPU always runs fp32).
+    pub fp16: bool,
 }
 
 /// How a text model turns text into its inputs.
@@ -156,6 +158,8 @@ struct RawManifest {
     pin: bool,
     #[serde(default)]
     text: Option<RawText>,
+    #[serde(default)]
+    fp16: bool,
 }
 
 #[derive(Deserialize)]
@@ -273,6 +277,7 @@ pub fn parse_manifest(name: &str, dir: &Path, text: &str) -> Result<ModelSpec, S
         max_queue_delay: std::time::Duration::from_millis(raw.batching.max_queue_delay_ms.min(10_000)),
         pin: raw.pin,
         text,
+        fp16: raw.fp16,
     })
 }
 

@@ -17,6 +17,8 @@ pub struct TorchBackend {
     module: CModule,
     device: tch::Device,
     memory_bytes: u64,
+    /// Float inputs are cast to half and outputs back to float.
+    half: bool,
 }
 
 impl BackendFactory for TorchFactory {
@@ -26,9 +28,14 @@ impl BackendFactory for TorchFactory {
         let dev = device.to_tch();
         let mut module = CModule::load_on_device(&path, dev).map_err(|e| format!("loading {}: {e}", path.display()))?;
         module.set_eval();
+        // fp16 only on a GPU and only where the manifest allows it; the CPU stays fp32.
+        let half = spec.fp16 && matches!(device, Device::Cuda(_));
+        if half {
+            module.to(dev, Kind::Half, false);
+        }
         let memory_bytes =
             module.named_parameters().map(|ps| ps.iter().map(|(_, t)| tensor_bytes(t)).sum()).unwrap_or(0);
-        Ok(Box::new(TorchBackend { module, device: dev, memory_bytes }))
+        Ok(Box::new(TorchBackend { module, device: dev, memory_bytes, half }))
     }
 }
 
@@ -44,6 +51,7 @@ impl Backend for TorchBackend {
         for input in &inputs {
             let t = Tensor::f_from_data_size(&input.data, &input.shape, kind_of(input.dtype))
                 .and_then(|t| t.f_to_device(self.device))
+                .and_then(|t| if self.half && input.dtype == DType::F32 { t.f_to_kind(Kind::Half) } else { Ok(t) })
                 .map_err(|e| format!("input `{}`: {e}", input.name))?;
             ivalues.push(IValue::Tensor(t));
         }
@@ -62,7 +70,19 @@ impl Backend for TorchBackend {
                 return Err(format!("model returned {other:?}, expected a tensor or a tuple of tensors"));
             }
         };
-        tensors.into_iter().enumerate().map(|(i, t)| to_host(&format!("output_{i}"), &t)).collect()
+        tensors
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| {
+                // Half outputs go back to float32 so clients see what the CPU path gives them.
+                let t = if self.half && t.f_kind().ok() == Some(Kind::Half) {
+                    t.f_to_kind(Kind::Float).map_err(|e| e.to_string())?
+                } else {
+                    t
+                };
+                to_host(&format!("output_{i}"), &t)
+            })
+            .collect()
     }
 
     fn memory_bytes(&self) -> u64 {

@@ -144,7 +144,7 @@ fn device_state(d: &DeviceStatus) -> proto::DeviceState {
         settings: Some(proto::DeviceSettings {
             max_batch_size: i32::try_from(d.max_batch_size).unwrap_or(i32::MAX),
             max_text_length: i32::try_from(d.max_text_length).unwrap_or(i32::MAX),
-            precision: "fp32".to_owned(),
+            precision: d.precision.to_owned(),
             intra_op_threads: i32::try_from(d.intra_op_threads).unwrap_or(i32::MAX),
         }),
     }
