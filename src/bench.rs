@@ -65,6 +65,11 @@ pub struct BenchArgs {
     /// Per-request deadline in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub timeout_ms: u64,
+    /// Open loop: send this many requests per second whatever the answers (0 = closed loop at
+    /// `--concurrency`). `--concurrency` then caps requests outstanding; past it a request is
+    /// not sent and counted as `client_overrun`.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -121,11 +126,104 @@ pub fn percentiles(us: &mut [u64]) -> Percentiles {
     Percentiles { p50: at(0.50), p90: at(0.90), p99: at(0.99), p999: at(0.999), max: us[us.len() - 1] as f64 }
 }
 
+#[derive(Default)]
 struct Sample {
     ok_us: Vec<u64>,
     err_us: Vec<u64>,
     codes: BTreeMap<String, u64>,
     rows: u64,
+}
+
+impl Sample {
+    fn merge(&mut self, s: Sample) {
+        self.ok_us.extend(s.ok_us);
+        self.err_us.extend(s.err_us);
+        self.rows += s.rows;
+        for (k, v) in s.codes {
+            *self.codes.entry(k).or_default() += v;
+        }
+    }
+
+    fn record(&mut self, result: std::result::Result<(), tonic::Status>, rows: u64, us: u64) {
+        let code = match result {
+            Ok(()) => {
+                self.ok_us.push(us);
+                self.rows += rows;
+                "OK".to_owned()
+            }
+            Err(status) => {
+                self.err_us.push(us);
+                format!("{:?}", status.code())
+            }
+        };
+        *self.codes.entry(code).or_default() += 1;
+    }
+}
+
+/// Sends one request from the template; returns its outcome and rows.
+async fn one(
+    client: &mut InferenceClient<Channel>,
+    template: &Template,
+    timeout: Duration,
+) -> (std::result::Result<(), tonic::Status>, u64) {
+    match template {
+        Template::Predict(r, rows) => {
+            let mut req = tonic::Request::new(r.clone());
+            req.set_timeout(timeout);
+            (client.predict(req).await.map(drop), *rows)
+        }
+        Template::Sentiment(r, rows) => {
+            let mut req = tonic::Request::new(r.clone());
+            req.set_timeout(timeout);
+            (client.sentiment(req).await.map(drop), *rows)
+        }
+    }
+}
+
+/// Open loop: a request every 1/rate seconds, each in its own task, at most `concurrency`
+/// outstanding.
+async fn open_loop(
+    args: &BenchArgs,
+    channels: &[Channel],
+    template: &Arc<Template>,
+    measure_from: Instant,
+    end: Instant,
+    timeout: Duration,
+) -> Sample {
+    let results = Arc::new(std::sync::Mutex::new(Sample::default()));
+    let outstanding = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut sent = 0usize;
+    let mut overrun = 0u64;
+    while Instant::now() < end {
+        tick.tick().await;
+        let Ok(permit) = Arc::clone(&outstanding).try_acquire_owned() else {
+            if Instant::now() >= measure_from {
+                overrun += 1;
+            }
+            continue;
+        };
+        let mut client = InferenceClient::new(channels[sent % channels.len()].clone());
+        sent += 1;
+        let (template, results) = (Arc::clone(template), Arc::clone(&results));
+        tokio::spawn(async move {
+            let t0 = Instant::now();
+            let (result, rows) = one(&mut client, &template, timeout).await;
+            drop(permit);
+            if t0 >= measure_from && t0 < end {
+                let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+                results.lock().unwrap_or_else(|p| p.into_inner()).record(result, rows, us);
+            }
+        });
+    }
+    // Let the last requests finish.
+    let _ = tokio::time::timeout(timeout, outstanding.acquire_many(args.concurrency as u32)).await;
+    let mut s = std::mem::take(&mut *results.lock().unwrap_or_else(|p| p.into_inner()));
+    if overrun > 0 {
+        s.codes.insert("client_overrun".into(), overrun);
+    }
+    s
 }
 
 /// Runs `torchwire bench` and prints its report.
@@ -145,22 +243,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(args.warmup);
     let end = measure_from + Duration::from_secs_f64(args.duration);
-    let tasks: Vec<_> = (0..args.concurrency)
-        .map(|i| {
-            let channel = channels[i % channels.len()].clone();
-            let template = Arc::clone(&template);
-            let timeout = Duration::from_millis(args.timeout_ms);
-            tokio::spawn(async move { drive(channel, &template, measure_from, end, timeout).await })
-        })
-        .collect();
-    let mut all = Sample { ok_us: Vec::new(), err_us: Vec::new(), codes: BTreeMap::new(), rows: 0 };
-    for t in tasks {
-        let s = t.await?;
-        all.ok_us.extend(s.ok_us);
-        all.err_us.extend(s.err_us);
-        all.rows += s.rows;
-        for (k, v) in s.codes {
-            *all.codes.entry(k).or_default() += v;
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let mut all = Sample::default();
+    if args.rate > 0.0 {
+        all = open_loop(&args, &channels, &template, measure_from, end, timeout).await;
+    } else {
+        let tasks: Vec<_> = (0..args.concurrency)
+            .map(|i| {
+                let channel = channels[i % channels.len()].clone();
+                let template = Arc::clone(&template);
+                tokio::spawn(async move { drive(channel, &template, measure_from, end, timeout).await })
+            })
+            .collect();
+        for t in tasks {
+            all.merge(t.await?);
         }
     }
     let secs = args.duration;
@@ -260,40 +356,16 @@ async fn drive(
     timeout: Duration,
 ) -> Sample {
     let mut client = InferenceClient::new(channel);
-    let mut s = Sample { ok_us: Vec::new(), err_us: Vec::new(), codes: BTreeMap::new(), rows: 0 };
+    let mut s = Sample::default();
     loop {
         let t0 = Instant::now();
         if t0 >= end {
             return s;
         }
-        let (result, rows) = match template {
-            Template::Predict(r, rows) => {
-                let mut req = tonic::Request::new(r.clone());
-                req.set_timeout(timeout);
-                (client.predict(req).await.map(drop), *rows)
-            }
-            Template::Sentiment(r, rows) => {
-                let mut req = tonic::Request::new(r.clone());
-                req.set_timeout(timeout);
-                (client.sentiment(req).await.map(drop), *rows)
-            }
-        };
-        if t0 < measure_from {
-            continue;
+        let (result, rows) = one(&mut client, template, timeout).await;
+        if t0 >= measure_from {
+            s.record(result, rows, u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX));
         }
-        let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let code = match result {
-            Ok(()) => {
-                s.ok_us.push(us);
-                s.rows += rows;
-                "OK".to_owned()
-            }
-            Err(status) => {
-                s.err_us.push(us);
-                format!("{:?}", status.code())
-            }
-        };
-        *s.codes.entry(code).or_default() += 1;
     }
 }
 
