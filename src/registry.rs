@@ -220,7 +220,8 @@ impl ModelRegistry {
         let mut rx = {
             let mut state = slot.lock();
             match state.as_ref() {
-                Some(SlotState::Ready { handle, .. }) => return Ok(handle.clone()),
+                // A worker that died (it never should) is replaced by a fresh load.
+                Some(SlotState::Ready { handle, .. }) if handle.is_alive() => return Ok(handle.clone()),
                 Some(SlotState::Loading(rx)) => rx.clone(),
                 Some(SlotState::Failed { at, .. }) if at.elapsed() < self.config.load_retry_backoff => {
                     return Err(load_error(spec, device, "load failed recently; retry after the back-off"));

@@ -60,6 +60,8 @@ pub struct WorkerCounters {
     pub batches: AtomicU64,
     /// Jobs submitted and not yet answered or dropped.
     pub pending: AtomicU64,
+    /// Set when the worker thread has ended (its queue no longer runs).
+    pub stopped: std::sync::atomic::AtomicBool,
 }
 
 /// How a load went, reported once by the worker thread.
@@ -88,6 +90,11 @@ impl WorkerHandle {
                 }
             }
         })
+    }
+
+    /// Whether the worker thread still runs jobs.
+    pub fn is_alive(&self) -> bool {
+        !self.counters.stopped.load(Ordering::Acquire)
     }
 
     /// Jobs queued or running now; a worker with none is idle (and may be evicted).
@@ -137,6 +144,7 @@ pub fn spawn_worker(
         on_loaded(Ok(Loaded { handle, memory_bytes }));
         let labels = Labels { model: spec.name.clone(), device: device.label(), metrics };
         run_worker(&spec, backend, encoder, &rx, &counters, policy, &labels);
+        counters.stopped.store(true, Ordering::Release);
     })
 }
 
@@ -222,7 +230,18 @@ fn run_batch(
         }
         replies.push((job.reply, job.deadline, queued, job.rpc));
     }
-    let result = run_payload(spec, backend, encoder, merge(payloads)).and_then(|(outputs, texts)| {
+    // A panic inside libtorch or the tokenizer fails this batch, not the worker: the model
+    // keeps serving the next one.
+    let ran =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_payload(spec, backend, encoder, merge(payloads))))
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()));
+                Err(format!("forward pass panicked: {}", what.unwrap_or_default()))
+            });
+    let result = ran.and_then(|(outputs, texts)| {
         let predictions = predictions_for(spec, &outputs, rows);
         let outputs = split(outputs, &row_counts)?;
         Ok((outputs, split_rows(predictions, &row_counts), split_rows(texts, &row_counts)))

@@ -160,3 +160,14 @@ async fn the_global_inflight_limit_refuses_at_once() {
     }
     assert!((1..=4).contains(&refused), "refused {refused} of 6 with room for 2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_forward_pass_fails_that_request_only() {
+    let server = TestServer::start_with(Config::for_tests(fixtures_dir()), Arc::new(FakeFactory::default())).await;
+    let mut c = server.inference();
+    let status = c.predict(one_row(666.0)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Internal);
+    assert!(!status.message().contains("panicked"), "details stay in the log: {}", status.message());
+    let ok = c.predict(one_row(2.0)).await.expect("the model keeps serving");
+    assert_eq!(ok.into_inner().outputs[0].float_data, vec![-2.0, 2.0]);
+}

@@ -1,6 +1,7 @@
 //! A fake backend for tests of the machinery around models (registry, workers, deadlines,
 //! overload, shutdown) without libtorch. Its forward pass sums each row's features into two
-//! logits `[-sum, sum]`, optionally after sleeping, and counts its loads.
+//! logits `[-sum, sum]`, optionally after sleeping, and counts its loads; an input of 666
+//! makes it panic, as a broken native op would.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -54,6 +55,8 @@ impl Backend for FakeBackend {
         self.forwards.fetch_add(1, Ordering::SeqCst);
         self.rows_seen.fetch_add(usize::try_from(x.shape[0]).unwrap_or(0), Ordering::SeqCst);
         let values = x.to_f32();
+        // A value of 666 makes the fake model panic, as a broken native op would.
+        assert!(!values.contains(&666.0), "fake backend asked to panic");
         let width = usize::try_from(x.shape[1]).map_err(|_| "bad width")?.max(1);
         let logits: Vec<f32> = values
             .chunks(width)
