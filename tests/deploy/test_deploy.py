@@ -752,7 +752,8 @@ def test_runtime_library_folder_alone_runs_the_binary():
         r = grpcurl(grpc_addr, "torchwire.v1.Inference/Predict", {"model": "tiny_risk", "rows": [{"features": TINY_ROW}]})
         assert r.returncode == 0 and '"predictions"' in r.stdout, r.stdout + r.stderr
     finally:
-        assert server.stop() == 0, server.log.read_text()
+        code = server.stop()
+    assert code == 0, server.log.read_text()
     shutil.rmtree(runtime, ignore_errors=True)
 
 
