@@ -558,8 +558,9 @@ impl GrpcInferenceService for KserveService {
     async fn model_statistics(&self, req: Request<ks::ModelStatisticsRequest>) -> Reply<ks::ModelStatisticsResponse> {
         let call = self.state.call("ModelStatistics", &req, &req.get_ref().name, false);
         let state = Arc::clone(&self.state);
-        let name = req.into_inner().name;
+        let ks::ModelStatisticsRequest { name, version } = req.into_inner();
         boundary(&self.state, call, async move {
+            check_version(&version)?;
             let specs: Vec<Arc<ModelSpec>> = if name.is_empty() {
                 state.registry.repository().specs().cloned().collect()
             } else {
