@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# perf_analyzer 2.51.0 (from the tritonclient wheel) drives torchwire and the Python grpcio +
+# torch baseline peer (../shared/peers/python-grpc) over the same protocol, KServe v2 gRPC, on
+# the same TorchScript file, at concurrency 1, 4 and 16. Server pinned to core 0, perf_analyzer
+# to core 1. Needs `make build models`; installs the peer and perf_analyzer's two libraries.
+# Usage: benches/kserve.sh [measurement window ms, default 3000]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+window=${1:-3000}
+model=${MODEL:-diabetes}
+features=${FEATURES:-7}
+bash scripts/setup-triton.sh
+[ -d .venv-peers/python-grpc ] || bash ../shared/peers/setup.sh "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" .venv-peers
+if ! ldconfig -p | grep -q libb64.so.0d; then
+  [ "$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libb64-0d >/dev/null
+fi
+.venv-triton/bin/pip install -q --disable-pip-version-check 'nvidia-cuda-runtime-cu12==12.*'
+export LD_LIBRARY_PATH=$PWD/.venv-triton/lib/python3.11/site-packages/nvidia/cuda_runtime/lib
+pa() { # pa URL NAME: one bounded run per concurrency (perf_analyzer keeps every timestamp, so
+  # an unbounded search for stability can grow without limit)
+  for c in 1 4 16; do
+    timeout 120 taskset -c 1 .venv-triton/bin/perf_analyzer -m "$2" -x 1 -i grpc -u "$1" --concurrency-range "$c" \
+      --measurement-interval "$window" --max-trials 6 --stability-percentage 50 2>&1 | grep -E "^Concurrency: " || echo "concurrency $c: no stable result"
+  done
+}
+wait_port() { # wait_port ADDR PID
+  until .venv/grpcurl -plaintext "$1" list >/dev/null 2>&1; do
+    kill -0 "$2" 2>/dev/null || { echo "server on $1 exited" >&2; exit 1; }
+    sleep 0.1
+  done
+}
+
+echo "## torchwire ($model)"
+taskset -c 0 ./target/release/torchwire serve --model-dir models --grpc-addr 127.0.0.1:50095 --metrics-addr off \
+  --cpu-only --intra-op-threads 1 --log-level warn &
+tw=$!
+wait_port 127.0.0.1:50095 $tw
+pa 127.0.0.1:50095 "$model"
+kill -TERM $tw; wait $tw || true
+
+echo "## Python grpcio + torch baseline ($model, 4 workers, 1 torch thread)"
+PYTHONPATH=$PWD/.venv-peers/python-grpc taskset -c 0 .venv-peers/python-grpc/bin/python ../shared/peers/python-grpc/server.py \
+  --port 50096 --torch-threads 1 --workers 4 --tabular "models/$model/model.pt" --tabular-name "$model" \
+  --features "$features" --text models/sentiment/model.pt --tokenizer models/sentiment/tokenizer.json >/dev/null 2>&1 &
+py=$!
+wait_port 127.0.0.1:50096 $py
+pa 127.0.0.1:50096 "$model"
+kill $py; wait $py || true
