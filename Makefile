@@ -6,14 +6,14 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 ADDR   ?= 127.0.0.1:50051
-STAMP  := $(VENV)/.torchwire-setup-v2
+STAMP  := $(VENV)/.torchwire-setup-v3
 
-.PHONY: setup setup-system models build run test lint fixtures clean
+.PHONY: setup setup-system models build run test lint fixtures bench clean
 
-$(STAMP): scripts/setup.sh
+# Always runs: the script itself is idempotent (a stamp file) and refreshes the fixture
+# tokenizer copy in a few milliseconds.
+setup:
 	bash scripts/setup.sh
-
-setup: $(STAMP)
 
 # Debian packages the tests use (promtool and a Prometheus server).
 setup-system:
@@ -34,6 +34,17 @@ lint: setup
 
 test: lint setup-system
 	cargo test --locked
+	bash scripts/setup-triton.sh
+	cargo build --locked
+	TORCHWIRE_BIN=target/debug/torchwire .venv-triton/bin/python -m pytest -q tests/kserve
+	TORCHWIRE_BIN=target/debug/torchwire bash scripts/deploy-check.sh
+
+# Benchmarks (see BENCHMARKS.md): batching / deadlines / overload, lifecycle, KServe via
+# perf_analyzer against the Python baseline peer. A few minutes; pins server and client apart.
+bench: models build
+	bash benches/batching.sh 5
+	bash benches/lifecycle.sh
+	bash benches/kserve.sh 2000
 
 # Regenerates the committed test fixtures (deterministic).
 fixtures: setup
