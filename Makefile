@@ -6,7 +6,6 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 ADDR   ?= 127.0.0.1:50051
-STAMP  := $(VENV)/.torchwire-setup-v3
 
 .PHONY: setup setup-system models build run test lint fixtures bench clean
 
