@@ -72,10 +72,12 @@ pub enum Skip {
 
 /// Decides whether a job is still worth computing.
 pub fn check_live(job: &Job) -> Option<Skip> {
-    if job.reply.is_closed() {
-        Some(Skip::Cancelled)
-    } else if job.deadline.is_expired() {
+    // Deadline first: a handler whose deadline passed has already answered and closed the
+    // reply, and the drop belongs to the queue stage, not to a client that went away.
+    if job.deadline.is_expired() {
         Some(Skip::Expired)
+    } else if job.reply.is_closed() {
+        Some(Skip::Cancelled)
     } else {
         None
     }

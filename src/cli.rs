@@ -76,7 +76,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TORCHWIRE_MAX_TIMEOUT_MS", default_value_t = 300_000)]
     pub max_timeout_ms: u64,
     /// Requests each (model, device) queue holds; past it, RESOURCE_EXHAUSTED at once.
-    #[arg(long, env = "TORCHWIRE_QUEUE_CAPACITY", default_value_t = 128)]
+    /// 0 = four batches' worth of the model's largest batch on that device.
+    #[arg(long, env = "TORCHWIRE_QUEUE_CAPACITY", default_value_t = 0)]
     pub queue_capacity: usize,
     /// libtorch intra-op threads per model worker; 0 = the cores shared among the workers.
     #[arg(long, env = "TORCHWIRE_INTRA_OP_THREADS", default_value_t = 0)]
@@ -90,6 +91,10 @@ pub struct ServeArgs {
     /// Most rows (batch entries) one request may carry.
     #[arg(long, env = "TORCHWIRE_MAX_ROWS", default_value_t = 4096)]
     pub max_rows: usize,
+    /// Default tokens per text (special tokens included) on every device, capped by each
+    /// model's maximum; 0 = the device default (CPU 256, GPU 512). A request may ask for less.
+    #[arg(long, env = "TORCHWIRE_MAX_TEXT_LENGTH", default_value_t = 0)]
+    pub max_text_length: usize,
     /// Most texts one Sentiment request may carry.
     #[arg(long, env = "TORCHWIRE_MAX_TEXTS", default_value_t = 256)]
     pub max_texts: usize,
@@ -184,9 +189,6 @@ impl TryFrom<ServeArgs> for Config {
         if !(a.rate_limit_rps >= 0.0 && a.rate_limit_rps.is_finite()) {
             return Err("--rate-limit-rps must be a non-negative number".into());
         }
-        if a.queue_capacity == 0 {
-            return Err("--queue-capacity must be at least 1".into());
-        }
         if a.max_rows == 0 || a.max_tensor_elements == 0 || a.max_texts == 0 || a.max_text_bytes == 0 {
             return Err("--max-rows, --max-tensor-elements, --max-texts and --max-text-bytes must be positive".into());
         }
@@ -198,6 +200,7 @@ impl TryFrom<ServeArgs> for Config {
             default_timeout: Duration::from_millis(a.default_timeout_ms),
             max_timeout: Duration::from_millis(a.max_timeout_ms),
             queue_capacity: a.queue_capacity,
+            max_text_length: (a.max_text_length > 0).then_some(a.max_text_length),
             intra_op_threads: a.intra_op_threads,
             load_retry_backoff: Duration::from_secs(a.load_retry_backoff_secs),
             limits: Limits {
@@ -251,9 +254,9 @@ mod tests {
     }
 
     #[test]
-    fn zero_queue_is_refused() {
-        let cli = Cli::try_parse_from(["torchwire", "serve", "--queue-capacity", "0"]).unwrap();
+    fn zero_loaded_models_is_refused() {
+        let cli = Cli::try_parse_from(["torchwire", "serve", "--max-loaded-models", "0"]).unwrap();
         let Command::Serve(args) = cli.command else { panic!("serve expected") };
-        assert!(Config::try_from(args).unwrap_err().contains("--queue-capacity"));
+        assert!(Config::try_from(args).unwrap_err().contains("--max-loaded-models"));
     }
 }

@@ -32,8 +32,10 @@ pub struct Config {
     pub default_timeout: Duration,
     /// Cap on any request's deadline.
     pub max_timeout: Duration,
-    /// Jobs each (model, device) queue holds.
+    /// Jobs each (model, device) queue holds; 0 = four batches' worth.
     pub queue_capacity: usize,
+    /// Overrides every device's default tokens per text (CPU 256, GPU 512).
+    pub max_text_length: Option<usize>,
     /// libtorch intra-op threads per worker; 0 = cores / workers.
     pub intra_op_threads: usize,
     /// How long a failed load is remembered before a request retries it.
@@ -85,6 +87,7 @@ impl Config {
             default_timeout: Duration::from_secs(30),
             max_timeout: Duration::from_secs(300),
             queue_capacity: 64,
+            max_text_length: None,
             intra_op_threads: 1,
             load_retry_backoff: Duration::from_secs(5),
             limits: Limits { max_tensor_elements: 1 << 24, max_rows: 4096, max_texts: 256, max_text_bytes: 64 * 1024 },

@@ -37,8 +37,10 @@ pub struct ModelKey {
 /// Settings the registry needs.
 #[derive(Debug, Clone)]
 pub struct RegistryConfig {
-    /// Jobs a worker queue holds before requests are refused.
+    /// Jobs a worker queue holds before requests are refused; 0 = four batches' worth.
     pub queue_capacity: usize,
+    /// Overrides every device's default tokens per text.
+    pub max_text_length: Option<usize>,
     /// libtorch intra-op threads per worker.
     pub threads_per_worker: usize,
     /// How long a failed load is remembered before a request may retry it.
@@ -59,6 +61,7 @@ impl RegistryConfig {
     pub fn for_tests() -> Self {
         RegistryConfig {
             queue_capacity: 64,
+            max_text_length: None,
             threads_per_worker: 1,
             load_retry_backoff: Duration::from_secs(5),
             max_batch_size: None,
@@ -291,7 +294,10 @@ impl ModelRegistry {
             Arc::clone(&self.factory),
             WorkerSettings {
                 threads: self.config.threads_per_worker,
-                capacity: self.config.queue_capacity,
+                capacity: match self.config.queue_capacity {
+                    0 => 4 * self.batch_size(spec_max_batch, device),
+                    n => n,
+                },
                 policy: BatchPolicy { max_rows: self.batch_size(spec_max_batch, device), max_delay: spec_delay },
                 warmup_runs: self.config.warmup_runs,
                 metrics: Arc::clone(&self.metrics),
@@ -303,6 +309,11 @@ impl ModelRegistry {
         threads.retain(|t| !t.is_finished());
         threads.push(join);
         Ok(())
+    }
+
+    /// Default tokens per text on `device`: `--max-text-length`, else the device kind's default.
+    pub fn text_length(&self, device: Device) -> usize {
+        self.config.max_text_length.unwrap_or_else(|| device.default_max_text_length())
     }
 
     fn batch_size(&self, spec_max: Option<usize>, device: Device) -> usize {
@@ -470,10 +481,7 @@ impl ModelRegistry {
                     loads: 0,
                     evictions: 0,
                     max_batch_size: self.batch_size(spec.max_batch_size, device),
-                    max_text_length: spec
-                        .text
-                        .as_ref()
-                        .map_or(0, |t| device.default_max_text_length().min(t.max_length)),
+                    max_text_length: spec.text.as_ref().map_or(0, |t| self.text_length(device).min(t.max_length)),
                     intra_op_threads: self.config.threads_per_worker,
                     precision: if spec.fp16 && device != Device::Cpu { "fp16" } else { "fp32" },
                 };

@@ -149,6 +149,7 @@ async fn build_state(config: Config, factory: SharedFactory) -> anyhow::Result<S
         factory,
         RegistryConfig {
             queue_capacity: config.queue_capacity,
+            max_text_length: config.max_text_length,
             threads_per_worker: config.threads_per_worker(workers),
             load_retry_backoff: config.load_retry_backoff,
             max_batch_size: config.max_batch_size,

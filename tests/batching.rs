@@ -171,3 +171,47 @@ async fn a_panicking_forward_pass_fails_that_request_only() {
     let ok = c.predict(one_row(2.0)).await.expect("the model keeps serving");
     assert_eq!(ok.into_inner().outputs[0].float_data, vec![-2.0, 2.0]);
 }
+
+/// One request computes; the next expires while computing (computed, result discarded); the
+/// third expires in the queue and is never computed. Counted by stage in the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_expire_in_the_queue_and_during_compute_and_are_counted_by_stage() {
+    let factory = FakeFactory { forward_delay: Duration::from_millis(300), ..FakeFactory::default() };
+    let rows_seen = Arc::clone(&factory.rows_seen);
+    let config = Config {
+        max_batch_size: Some(1),
+        warmup_runs: 0,
+        default_timeout: Duration::from_millis(400),
+        ..Config::for_tests(fixtures_dir())
+    };
+    let server = TestServer::start_with(config, Arc::new(factory)).await;
+    server.inference().predict(one_row(1.0)).await.unwrap();
+    let before = rows_seen.load(Ordering::SeqCst);
+    let mut a = server.inference();
+    let first = tokio::spawn(async move { a.predict(one_row(1.0)).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut b = server.inference();
+    let computing = tokio::spawn(async move { b.predict(one_row(2.0)).await });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let mut c = server.inference();
+    let queued = tokio::spawn(async move { c.predict(one_row(3.0)).await });
+    first.await.unwrap().expect("the first request fits its deadline");
+    for late in [computing, queued] {
+        let status = late.await.unwrap().unwrap_err();
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{}", status.message());
+    }
+    // Let the worker finish the second job and reach the third.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(rows_seen.load(Ordering::SeqCst), before + 2, "the third job was never computed");
+    let (_, text) = server.http_get("/metrics").await;
+    let at = |stage: &str| {
+        let prefix = format!(r#"torchwire_deadline_exceeded_total{{model="tiny_risk",rpc="Predict",stage="{stage}"}}"#);
+        text.lines()
+            .find(|l| l.starts_with(&prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(|v| v.parse::<f64>().unwrap())
+    };
+    assert_eq!(at("queue"), Some(1.0), "{text}");
+    assert_eq!(at("compute"), Some(1.0), "{text}");
+    assert_eq!(at("handler"), Some(2.0), "{text}");
+}

@@ -114,7 +114,7 @@ async fn sentiment(state: &SharedState, req: proto::SentimentRequest, ctx: Ctx) 
     };
     let device = state.registry.pick_device(&spec, DeviceRequest::parse(&req.device)?)?;
     let _ = ctx.device.set(device);
-    let inputs = validate::sentiment_inputs(&spec, req, device.default_max_text_length(), state.config.limits)?;
+    let inputs = validate::sentiment_inputs(&spec, req, state.registry.text_length(device), state.config.limits)?;
     let rows = inputs.texts.len();
     let out = run_job(
         state,

@@ -112,7 +112,7 @@ fn split_bytes(field: &str, raw: &[u8]) -> Result<Vec<Bytes>> {
 fn infer_inputs(
     spec: &ModelSpec,
     req: &ks::ModelInferRequest,
-    device: Device,
+    text_length: usize,
     limits: Limits,
 ) -> Result<(Payload, usize)> {
     let raw = !req.raw_input_contents.is_empty();
@@ -172,7 +172,7 @@ fn infer_inputs(
                 .map_err(|_| Error::invalid(format!("inputs[0][{i}]"), "texts must be UTF-8"))?;
             texts.push(t);
         }
-        let max_length = device.default_max_text_length().min(text.max_length);
+        let max_length = text_length.min(text.max_length);
         return Ok((Payload::Texts { texts, max_length }, n));
     }
     if req.inputs.len() != spec.inputs.len() {
@@ -343,7 +343,7 @@ async fn model_infer(
     check_version(&req.model_version)?;
     let device = state.registry.pick_device(&spec, DeviceRequest::Auto)?;
     let _ = cell.set(device);
-    let (payload, rows) = infer_inputs(&spec, &req, device, state.config.limits)?;
+    let (payload, rows) = infer_inputs(&spec, &req, state.registry.text_length(device), state.config.limits)?;
     let out = run_job(state, "ModelInfer", &spec, device, deadline, payload, rows).await?;
     let mut outputs: Vec<HostTensor> = out.outputs;
     if !out.predictions.is_empty() {

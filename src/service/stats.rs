@@ -79,7 +79,7 @@ pub fn stats_response(state: &AppState, model: Option<&str>, now: SystemSample) 
                     state.config.max_batch_size.unwrap_or_else(|| d.default_max_batch_size()),
                 )
                 .unwrap_or(i32::MAX),
-                max_text_length: i32::try_from(d.default_max_text_length()).unwrap_or(i32::MAX),
+                max_text_length: i32::try_from(state.registry.text_length(d)).unwrap_or(i32::MAX),
                 precision: "fp32".to_owned(),
                 intra_op_threads: i32::try_from(state.registry.threads_per_worker()).unwrap_or(i32::MAX),
             }),
