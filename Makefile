@@ -43,7 +43,7 @@ test: lint setup-system
 bench: models build
 	bash benches/batching.sh 5
 	bash benches/lifecycle.sh
-	bash benches/kserve.sh 2000
+	bash benches/kserve.sh 10000
 
 # Regenerates the committed test fixtures (deterministic).
 fixtures: setup

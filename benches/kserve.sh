@@ -3,10 +3,12 @@
 # torch baseline peer (../shared/peers/python-grpc) over the same protocol, KServe v2 gRPC, on
 # the same TorchScript file, at concurrency 1, 4 and 16. Server pinned to core 0, perf_analyzer
 # to core 1. Needs `make build models`; installs the peer and perf_analyzer's two libraries.
-# Usage: benches/kserve.sh [measurement window ms, default 3000]
+# Usage: benches/kserve.sh [requests per measurement window, default 10000]
+# (async mode with count windows: perf_analyzer 2.51 never settles in synchronous time-window
+# mode at ~20k req/s on one core)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-window=${1:-3000}
+window=${1:-10000}
 model=${MODEL:-diabetes}
 features=${FEATURES:-7}
 bash scripts/setup-triton.sh
@@ -20,7 +22,7 @@ pa() { # pa URL NAME: one bounded run per concurrency (perf_analyzer keeps every
   # an unbounded search for stability can grow without limit)
   for c in 1 4 16; do
     timeout 120 taskset -c 1 .venv-triton/bin/perf_analyzer -m "$2" -x 1 -i grpc -u "$1" --concurrency-range "$c" \
-      --measurement-interval "$window" --max-trials 6 --stability-percentage 50 2>&1 | grep -E "^Concurrency: " || echo "concurrency $c: no stable result"
+      --async --measurement-mode count_windows --measurement-request-count "$window" --max-trials 6 --stability-percentage 50 2>&1 | grep -E "^Concurrency: " || echo "concurrency $c: no stable result"
   done
 }
 wait_port() { # wait_port ADDR PID
