@@ -83,6 +83,20 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Waits (at most 30 s) for the process to exit after a signal.
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "torchwire did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -131,14 +145,7 @@ fn grpcurl_lists_describes_calls_and_checks_health_then_sigterm_exits_cleanly() 
     let mut server = server;
     let pid = server.child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = server.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "torchwire did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = server.wait_exit();
     assert!(status.success(), "exit status after SIGTERM: {status}");
 }
 
@@ -221,14 +228,7 @@ fn sigterm_under_load_answers_every_request_and_exits_zero() {
     });
     assert!(other.is_empty(), "only OK or UNAVAILABLE: {other:?}");
     assert!(ok > 0, "requests were answered before the signal");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = server.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "torchwire did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = server.wait_exit();
     assert!(status.success(), "exit status: {status}");
     eprintln!("answered OK: {ok}, UNAVAILABLE after drain: {unavailable}");
 }
