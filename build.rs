@@ -30,8 +30,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// torch-sys links libtorch but leaves the run-time search path to us. We add an rpath to the
-/// libtorch `lib/` folder, and keep `torch_cuda` linked even though no symbol of it is used
-/// directly (otherwise `--as-needed` drops it and CUDA is never seen at run time).
+/// libtorch `lib/` folder. `torch_cuda` is left out (`--as-needed` drops it, no symbol of it is
+/// used): `device.rs` loads it at run time only where an NVIDIA driver exists, and needs its
+/// folder, passed as `TORCHWIRE_LIBTORCH_LIB`.
 fn link_libtorch() {
     let Ok(libtorch) = env::var("LIBTORCH") else {
         return;
@@ -39,9 +40,5 @@ fn link_libtorch() {
     let lib = PathBuf::from(libtorch).join("lib");
     let lib = lib.canonicalize().unwrap_or(lib);
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
-    if lib.join("libtorch_cuda.so").exists() {
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-        println!("cargo:rustc-link-arg=-ltorch_cuda");
-        println!("cargo:rustc-link-arg=-Wl,--as-needed");
-    }
+    println!("cargo:rustc-env=TORCHWIRE_LIBTORCH_LIB={}", lib.display());
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::admission::AdmissionConfig;
+use crate::auth::{Keys, Secret, TlsFiles, read_key_file, validate_keys};
 use crate::config::{Config, LogFormat};
 use crate::validate::Limits;
 
@@ -25,7 +26,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the models in a model directory over gRPC.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// List the models a running server has, with their per-device state.
     Models(ClientArgs),
     /// Run a Predict against a running server with rows of named features.
@@ -146,6 +147,62 @@ pub struct ServeArgs {
     /// Concurrent HTTP/2 streams (in-flight RPCs) per client connection.
     #[arg(long, env = "TORCHWIRE_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
     pub max_concurrent_streams: u32,
+    /// Most bytes of request headers a client may send (HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE).
+    #[arg(long, env = "TORCHWIRE_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub max_header_bytes: u32,
+    /// Seconds without frames after which the server PINGs a connection; 0 = no keep-alive.
+    #[arg(long, env = "TORCHWIRE_KEEPALIVE_INTERVAL_SECS", default_value_t = 60)]
+    pub keepalive_interval_secs: u64,
+    /// Seconds a keep-alive PING may go unanswered before the connection is closed.
+    #[arg(long, env = "TORCHWIRE_KEEPALIVE_TIMEOUT_SECS", default_value_t = 20)]
+    pub keepalive_timeout_secs: u64,
+    /// Seconds a connection may stay open with no request in flight before the server closes
+    /// it (GOAWAY); 0 = never.
+    #[arg(long, env = "TORCHWIRE_IDLE_TIMEOUT_SECS", default_value_t = 600)]
+    pub idle_timeout_secs: u64,
+    /// PEM certificate chain: serve gRPC over TLS (with --tls-key).
+    #[arg(long, env = "TORCHWIRE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TORCHWIRE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: require client certificates signed by it (mutual TLS; needs --tls-cert).
+    #[arg(long, env = "TORCHWIRE_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Key required as `authorization: Bearer <key>` on inference RPCs (repeatable; at least
+    /// 16 printable characters). Prefer --api-key-file: flags show in `ps`.
+    #[arg(long, env = "TORCHWIRE_API_KEY", hide_env_values = true)]
+    pub api_key: Vec<String>,
+    /// File of API keys, one per line (`#` comments allowed).
+    #[arg(long, env = "TORCHWIRE_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Key required on Admin.*, ResetStats and the KServe repository RPCs (it also opens
+    /// inference RPCs). Without one, those RPCs follow the API-key rule.
+    #[arg(long, env = "TORCHWIRE_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Vec<String>,
+    /// File of admin keys, one per line.
+    #[arg(long, env = "TORCHWIRE_ADMIN_KEY_FILE")]
+    pub admin_key_file: Option<PathBuf>,
+    /// Serve gRPC server reflection (what grpcurl uses to list and describe services).
+    #[arg(long, env = "TORCHWIRE_REFLECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub reflection: bool,
+}
+
+impl ServeArgs {
+    /// The bearer keys from the flags and key files.
+    fn keys(&self) -> Result<Keys, String> {
+        let mut api: Vec<Secret> = self.api_key.iter().map(Secret::new).collect();
+        if let Some(f) = &self.api_key_file {
+            api.extend(read_key_file(f).map_err(|e| format!("--api-key-file: {e}"))?);
+        }
+        let mut admin: Vec<Secret> = self.admin_key.iter().map(Secret::new).collect();
+        if let Some(f) = &self.admin_key_file {
+            admin.extend(read_key_file(f).map_err(|e| format!("--admin-key-file: {e}"))?);
+        }
+        validate_keys(&api, "--api-key").map_err(|e| e.to_string())?;
+        validate_keys(&admin, "--admin-key").map_err(|e| e.to_string())?;
+        Ok(Keys { api, admin })
+    }
 }
 
 /// Flags shared by the client commands.
@@ -192,7 +249,25 @@ impl TryFrom<ServeArgs> for Config {
         if a.max_rows == 0 || a.max_tensor_elements == 0 || a.max_texts == 0 || a.max_text_bytes == 0 {
             return Err("--max-rows, --max-tensor-elements, --max-texts and --max-text-bytes must be positive".into());
         }
+        if a.keepalive_interval_secs > 0 && a.keepalive_timeout_secs == 0 {
+            return Err("--keepalive-timeout-secs must be positive when keep-alive is on".into());
+        }
+        if a.max_concurrent_streams == 0 || a.max_header_bytes == 0 || a.max_message_bytes == 0 {
+            return Err("--max-concurrent-streams, --max-header-bytes and --max-message-bytes must be positive".into());
+        }
+        let keys = a.keys()?;
         Ok(Config {
+            keys,
+            tls: match (a.tls_cert, a.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles { cert, key, client_ca: a.tls_client_ca }),
+                _ => None,
+            },
+            reflection: a.reflection,
+            keepalive_interval: (a.keepalive_interval_secs > 0)
+                .then(|| Duration::from_secs(a.keepalive_interval_secs)),
+            keepalive_timeout: Duration::from_secs(a.keepalive_timeout_secs),
+            idle_timeout: (a.idle_timeout_secs > 0).then(|| Duration::from_secs(a.idle_timeout_secs)),
+            max_header_bytes: a.max_header_bytes,
             grpc_addr: a.grpc_addr,
             model_dir: a.model_dir,
             log_format: a.log_format,
@@ -248,15 +323,34 @@ mod tests {
     fn defaults_parse_into_a_valid_config() {
         let cli = Cli::try_parse_from(["torchwire", "serve"]).unwrap();
         let Command::Serve(args) = cli.command else { panic!("serve expected") };
-        let c = Config::try_from(args).unwrap();
+        let c = Config::try_from(*args).unwrap();
         assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:50051");
         assert_eq!(c.default_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn keys_come_from_flags_and_files_and_short_keys_are_refused() {
+        let file = std::env::temp_dir().join(format!("torchwire-keys-{}", std::process::id()));
+        std::fs::write(&file, "# comment\n\nfile-key-0123456789abcdef\n").unwrap();
+        let f = file.to_str().unwrap();
+        let cli = Cli::try_parse_from(["torchwire", "serve", "--api-key", "flag-key-0123456789", "--api-key-file", f])
+            .unwrap();
+        let Command::Serve(args) = cli.command else { panic!("serve expected") };
+        let c = Config::try_from(*args).unwrap();
+        assert_eq!(c.keys.api.len(), 2);
+        assert!(c.keys.admin.is_empty());
+        let cli = Cli::try_parse_from(["torchwire", "serve", "--admin-key", "short"]).unwrap();
+        let Command::Serve(args) = cli.command else { panic!("serve expected") };
+        assert!(Config::try_from(*args).unwrap_err().contains("16 characters"));
+        std::fs::remove_file(file).unwrap();
+        // --tls-cert without --tls-key is a usage error.
+        assert!(Cli::try_parse_from(["torchwire", "serve", "--tls-cert", "c.pem"]).is_err());
     }
 
     #[test]
     fn zero_loaded_models_is_refused() {
         let cli = Cli::try_parse_from(["torchwire", "serve", "--max-loaded-models", "0"]).unwrap();
         let Command::Serve(args) = cli.command else { panic!("serve expected") };
-        assert!(Config::try_from(args).unwrap_err().contains("--max-loaded-models"));
+        assert!(Config::try_from(*args).unwrap_err().contains("--max-loaded-models"));
     }
 }

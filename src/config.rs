@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::admission::AdmissionConfig;
+use crate::auth::{Keys, TlsFiles};
 use crate::validate::Limits;
 
 /// Log output format.
@@ -74,6 +75,20 @@ pub struct Config {
     pub metrics_recording: bool,
     /// Largest gRPC message decoded or encoded by the inference services.
     pub max_message_bytes: usize,
+    /// Bearer keys for inference and admin RPCs (none = open).
+    pub keys: Keys,
+    /// TLS certificate, key and optional client CA; `None` = plaintext HTTP/2.
+    pub tls: Option<TlsFiles>,
+    /// Serve gRPC server reflection (v1 and v1alpha).
+    pub reflection: bool,
+    /// HTTP/2 keep-alive: PING an open connection after this long without frames.
+    pub keepalive_interval: Option<Duration>,
+    /// HTTP/2 keep-alive: close the connection when a PING is not acknowledged in time.
+    pub keepalive_timeout: Duration,
+    /// Close a connection with no request open for this long (GOAWAY); `None` = never.
+    pub idle_timeout: Option<Duration>,
+    /// Most bytes of request headers (HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE).
+    pub max_header_bytes: u32,
 }
 
 impl Config {
@@ -107,6 +122,13 @@ impl Config {
             log_file: None,
             metrics_recording: true,
             max_message_bytes: 64 * 1024 * 1024,
+            keys: Keys::default(),
+            tls: None,
+            reflection: true,
+            keepalive_interval: Some(Duration::from_secs(60)),
+            keepalive_timeout: Duration::from_secs(20),
+            idle_timeout: None,
+            max_header_bytes: 16 * 1024,
         }
     }
 

@@ -101,7 +101,7 @@ impl Devices {
         static INTEROP: std::sync::Once = std::sync::Once::new();
         // libtorch refuses a second call, so it is made once per process.
         INTEROP.call_once(|| tch::set_num_interop_threads(1));
-        let gpus = if tch::Cuda::is_available() { usize::try_from(tch::Cuda::device_count()).unwrap_or(0) } else { 0 };
+        let gpus = if load_cuda_backend() && tch::Cuda::is_available() { usize::try_from(tch::Cuda::device_count()).unwrap_or(0) } else { 0 };
         Devices { gpus }
     }
 
@@ -134,9 +134,72 @@ impl Devices {
     }
 }
 
+/// Whether this machine has an NVIDIA driver (a GPU libtorch could use).
+pub fn nvidia_driver_present() -> bool {
+    std::path::Path::new("/proc/driver/nvidia/version").exists() || std::path::Path::new("/dev/nvidiactl").exists()
+}
+
+/// Loads libtorch's CUDA half (`libtorch_cuda.so` and the CUDA libraries it pulls in) when, and
+/// only when, an NVIDIA driver is present. The binary links `libtorch_cpu` only: mapping the
+/// CUDA libraries costs about 270 MB of resident memory that a CPU-only server never uses.
+/// Once loaded, the library's static initialisers register CUDA with libtorch, so
+/// `tch::Cuda::is_available()` sees the GPUs. Returns whether CUDA support is loaded.
+fn load_cuda_backend() -> bool {
+    static LOADED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *LOADED.get_or_init(|| {
+        if !nvidia_driver_present() {
+            return false;
+        }
+        let mut candidates = Vec::new();
+        if let Some(dir) = option_env!("TORCHWIRE_LIBTORCH_LIB") {
+            candidates.push(std::path::Path::new(dir).join("libtorch_cuda.so"));
+        }
+        // Else the dynamic loader's search path (the binary's RUNPATH, LD_LIBRARY_PATH).
+        candidates.push("libtorch_cuda.so".into());
+        let mut errors = Vec::new();
+        for path in candidates {
+            match open_global(&path) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "loaded libtorch CUDA support");
+                    return true;
+                }
+                Err(e) => errors.push(format!("{}: {e}", path.display())),
+            }
+        }
+        tracing::warn!(errors = ?errors, "NVIDIA driver present but libtorch CUDA support did not load; CPU only");
+        false
+    })
+}
+
+/// `dlopen(path, RTLD_NOW | RTLD_GLOBAL)`, never closed.
+#[allow(unsafe_code)]
+fn open_global(path: &std::path::Path) -> Result<(), libloading::Error> {
+    use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
+    // SAFETY: the library is libtorch's own CUDA half, built together with the libtorch_cpu
+    // this binary links; its initialisers only register CUDA hooks with libtorch. It runs once,
+    // from device detection, before any model is loaded, and is never unloaded (forgotten), so
+    // no code or data it registers can dangle.
+    let lib = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_GLOBAL) }?;
+    std::mem::forget(lib);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cuda_libraries_are_mapped_only_with_an_nvidia_driver() {
+        let devices = Devices::detect();
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        if nvidia_driver_present() {
+            assert!(maps.contains("libtorch_cuda"), "driver present but CUDA support not loaded");
+        } else {
+            assert_eq!(devices.gpu_count(), 0);
+            assert!(!maps.contains("libtorch_cuda"), "libtorch_cuda mapped on a machine without a GPU");
+            assert!(!maps.contains("libcublas"), "cuBLAS mapped on a machine without a GPU");
+        }
+    }
 
     #[test]
     fn parses_device_strings() {

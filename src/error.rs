@@ -88,6 +88,18 @@ pub enum Error {
         /// Where the time ran out: `queued`, `computing`, `loading`.
         stage: &'static str,
     },
+    /// The call carried no valid key where one is required.
+    #[error("unauthenticated: {reason}")]
+    Unauthenticated {
+        /// What was missing or wrong (never the key itself).
+        reason: &'static str,
+    },
+    /// The key is valid but does not open this RPC.
+    #[error("{rpc} needs an admin key; the key sent opens inference RPCs only")]
+    PermissionDenied {
+        /// The RPC path.
+        rpc: String,
+    },
     /// The server is shutting down and takes no new work.
     #[error("server is shutting down")]
     ShuttingDown,
@@ -146,6 +158,8 @@ impl Error {
             }
             Error::DeadlineExceeded { .. } => Code::DeadlineExceeded,
             Error::ShuttingDown => Code::Unavailable,
+            Error::Unauthenticated { .. } => Code::Unauthenticated,
+            Error::PermissionDenied { .. } => Code::PermissionDenied,
             Error::ModelLoad { .. } | Error::Forward { .. } | Error::Internal { .. } => Code::Internal,
         }
     }
@@ -166,6 +180,8 @@ impl Error {
             Error::RateLimited { .. } => "rate_limited",
             Error::DeadlineExceeded { .. } => "deadline_exceeded",
             Error::ShuttingDown => "shutting_down",
+            Error::Unauthenticated { .. } => "unauthenticated",
+            Error::PermissionDenied { .. } => "permission_denied",
             Error::ModelLoad { .. } => "model_load_failed",
             Error::Forward { .. } => "forward_failed",
             Error::Internal { .. } => "internal",
@@ -212,6 +228,8 @@ mod tests {
             (Error::RateLimited { retry_after_ms: 5 }, Code::ResourceExhausted),
             (Error::DeadlineExceeded { stage: "queued" }, Code::DeadlineExceeded),
             (Error::ShuttingDown, Code::Unavailable),
+            (Error::Unauthenticated { reason: "r" }, Code::Unauthenticated),
+            (Error::PermissionDenied { rpc: s() }, Code::PermissionDenied),
             (Error::ModelLoad { model: s(), device: s(), detail: s() }, Code::Internal),
             (Error::Forward { model: s(), detail: s() }, Code::Internal),
             (Error::internal("x"), Code::Internal),

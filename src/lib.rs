@@ -21,6 +21,7 @@
 //! device detection runs in `spawn_blocking`.
 
 pub mod admission;
+pub mod auth;
 pub mod batch;
 pub mod bench;
 pub mod cli;

@@ -9,7 +9,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Serve(args) => {
-            let config = Config::try_from(args).map_err(anyhow::Error::msg)?;
+            let config = Config::try_from(*args).map_err(anyhow::Error::msg)?;
             torchwire::telemetry::init(config.log_format, &config.log_level, config.log_file.as_deref())?;
             runtime.block_on(async {
                 let listeners = torchwire::server::Listeners::bind(&config).await?;

@@ -265,7 +265,20 @@ impl ModelRegistry {
         let name = spec.name.clone();
         let metrics = Arc::clone(&self.metrics);
         let (spec_max_batch, spec_delay) = (spec.max_batch_size, spec.max_queue_delay);
+        let budget = self.config.memory_budget_bytes;
         let on_loaded = move |outcome: std::result::Result<Loaded, String>| {
+            // A model larger than the whole memory budget is refused (its handle is dropped,
+            // which ends the worker and frees the model) rather than evicting everything else.
+            let outcome = outcome.and_then(|loaded| {
+                if budget > 0 && loaded.memory_bytes > budget {
+                    Err(format!(
+                        "the model needs {} bytes of parameters and buffers, more than the whole model memory budget of {budget} bytes",
+                        loaded.memory_bytes
+                    ))
+                } else {
+                    Ok(loaded)
+                }
+            });
             let load_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             let mut state = slot.lock();
             match outcome {

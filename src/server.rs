@@ -64,6 +64,12 @@ pub async fn run_with_factory(
     factory: SharedFactory,
 ) -> anyhow::Result<()> {
     let Listeners { grpc: listener, metrics: metrics_listener } = listeners;
+    // Certificates are read before anything else starts, so a bad file stops start-up at once.
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|files| crate::auth::server_tls_config(files).map(tokio_rustls::TlsAcceptor::from))
+        .transpose()?;
     let state = build_state(config, factory).await?;
     let config = Arc::clone(&state.config);
     let registry = Arc::clone(&state.registry);
@@ -99,7 +105,17 @@ pub async fn run_with_factory(
         .context("building reflection v1alpha")?;
 
     let addr = listener.local_addr().context("listener address")?;
-    tracing::info!(%addr, models = registry.repository().len(), model_dir = %config.model_dir.display(), "serving gRPC");
+    tracing::info!(
+        %addr,
+        models = registry.repository().len(),
+        model_dir = %config.model_dir.display(),
+        tls = tls.is_some(),
+        mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        api_keys = config.keys.api.len(),
+        admin_keys = config.keys.admin.len(),
+        reflection = config.reflection,
+        "serving gRPC"
+    );
 
     let drain = async {
         state.ready.store(false, std::sync::atomic::Ordering::Release);
@@ -107,10 +123,11 @@ pub async fn run_with_factory(
         tracing::info!("draining: no new connections, finishing in-flight requests");
     };
     let mut routes = Routes::builder();
+    routes.add_service(health_service);
+    if config.reflection {
+        routes.add_service(reflection_v1).add_service(reflection_v1alpha);
+    }
     routes
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
         .add_service(
             InferenceServer::new(InferenceService::new(Arc::clone(&state)))
                 .max_decoding_message_size(config.max_message_bytes)
@@ -122,8 +139,18 @@ pub async fn run_with_factory(
                 .max_decoding_message_size(config.max_message_bytes)
                 .max_encoding_message_size(config.max_message_bytes),
         );
-    let transport =
-        TransportConfig { grace: config.shutdown_grace, max_concurrent_streams: config.max_concurrent_streams };
+    let transport = TransportConfig {
+        grace: config.shutdown_grace,
+        max_concurrent_streams: config.max_concurrent_streams,
+        max_header_bytes: config.max_header_bytes,
+        keepalive_interval: config.keepalive_interval,
+        keepalive_timeout: config.keepalive_timeout,
+        idle_timeout: config.idle_timeout,
+        default_timeout: config.default_timeout,
+        max_timeout: config.max_timeout,
+        keys: Arc::new(config.keys.clone()),
+        tls,
+    };
     transport::serve(listener, routes.routes().prepare(), shutdown, transport, drain).await;
     tokio::task::spawn_blocking(move || registry.shutdown()).await.context("joining workers")?;
     tracing::info!("stopped");

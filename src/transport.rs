@@ -1,28 +1,43 @@
-//! The HTTP/2 transport under the gRPC services: accepts TCP connections, serves tonic's
-//! `Routes` on each with hyper, and drains gracefully on shutdown.
+//! The HTTP/2 transport under the gRPC services: accepts TCP connections (optionally TLS,
+//! optionally mutual), checks bearer keys, enforces connection limits (streams, header size,
+//! keep-alive, idle time-out, a time cap on each call), serves tonic's `Routes` on each
+//! connection with hyper, and drains gracefully on shutdown.
 //!
 //! torchwire serves connections itself (rather than through `tonic::transport::Server`) for one
 //! reason: tonic's server applies the client's `grpc-timeout` in a layer outside every user
 //! layer and answers CANCELLED when it fires, while gRPC clients and DESIGN.md expect
 //! DEADLINE_EXCEEDED. Here, each request's arrival time, peer and `grpc-timeout` are taken
 //! into a [`CallInfo`] extension before the routes see the request (and the header is removed),
-//! so the handler enforces the deadline itself, measured from arrival.
+//! so the handler enforces the deadline itself, measured from arrival. The transport adds a
+//! backstop one second past that deadline, which only fires when the handler never ran: a
+//! client that never finishes its request body.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::service::Routes;
 use tower_service::Service;
 
-use crate::deadline::parse_grpc_timeout;
+use crate::auth::Keys;
+use crate::deadline::{Deadline, parse_grpc_timeout};
+use crate::error::Error;
+
+/// How long a client has to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How far past its deadline a call may run before the transport answers for it.
+const BACKSTOP: Duration = Duration::from_secs(1);
 
 /// What the transport knows of a call before any service sees it.
 #[derive(Debug, Clone, Copy)]
@@ -36,12 +51,28 @@ pub struct CallInfo {
 }
 
 /// Connection-level settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct TransportConfig {
     /// How long shutdown waits for open requests to finish.
     pub grace: Duration,
     /// Concurrent HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
+    /// Most bytes of request headers.
+    pub max_header_bytes: u32,
+    /// PING a connection after this long without frames; `None` = never.
+    pub keepalive_interval: Option<Duration>,
+    /// Close the connection when a PING goes unanswered this long.
+    pub keepalive_timeout: Duration,
+    /// Close a connection with no request open for this long; `None` = never.
+    pub idle_timeout: Option<Duration>,
+    /// Deadline of a call without `grpc-timeout`, and the cap on any (for the backstop).
+    pub default_timeout: Duration,
+    /// Cap on any call's deadline.
+    pub max_timeout: Duration,
+    /// Bearer keys checked before routing.
+    pub keys: Arc<Keys>,
+    /// TLS, when configured.
+    pub tls: Option<TlsAcceptor>,
 }
 
 /// Serves `routes` on `listener` until `shutdown` fires, then runs `on_drain`, stops accepting,
@@ -53,9 +84,18 @@ pub async fn serve(
     config: TransportConfig,
     on_drain: impl Future<Output = ()>,
 ) {
-    let graceful = GracefulShutdown::new();
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    http2.timer(TokioTimer::new()).max_concurrent_streams(config.max_concurrent_streams);
+    http2
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .max_header_list_size(config.max_header_bytes)
+        .keep_alive_interval(config.keepalive_interval)
+        .keep_alive_timeout(config.keepalive_timeout)
+        // A client resetting streams as fast as it opens them ("rapid reset") is cut off.
+        .max_pending_accept_reset_streams(Some(64))
+        .max_local_error_reset_streams(Some(256));
+    let connections = TaskTracker::new();
+    let config = Arc::new(config);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -69,11 +109,17 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let svc = TowerToHyperService::new(WithCallInfo { inner: routes.clone(), peer });
-                let conn = graceful.watch(http2.serve_connection(TokioIo::new(stream), svc));
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection closed with an error");
+                let activity = Arc::new(Activity::default());
+                let svc = Guarded { inner: routes.clone(), peer, config: Arc::clone(&config), activity: Arc::clone(&activity) };
+                let (http2, shutdown, config) = (http2.clone(), shutdown.clone(), Arc::clone(&config));
+                connections.spawn(async move {
+                    match &config.tls {
+                        None => serve_connection(stream, svc, &http2, &shutdown, config.idle_timeout, &activity).await,
+                        Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => serve_connection(tls, svc, &http2, &shutdown, config.idle_timeout, &activity).await,
+                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        },
                     }
                 });
             }
@@ -82,36 +128,152 @@ pub async fn serve(
     }
     drop(listener);
     on_drain.await;
+    connections.close();
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = connections.wait() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(config.grace) => tracing::warn!(grace = ?config.grace, "grace period over; closing remaining connections"),
     }
 }
 
-/// Moves `grpc-timeout` (and arrival time and peer) into a [`CallInfo`] extension.
-#[derive(Clone)]
-struct WithCallInfo<S> {
-    inner: S,
-    peer: SocketAddr,
+/// Serves one connection until it ends; on shutdown or after the idle time-out, sends GOAWAY
+/// and lets open requests finish.
+async fn serve_connection<I>(
+    io: I,
+    svc: Guarded,
+    http2: &hyper::server::conn::http2::Builder<TokioExecutor>,
+    shutdown: &CancellationToken,
+    idle_timeout: Option<Duration>,
+    activity: &Activity,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = svc.peer;
+    let conn = http2.serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(%peer, error = %e, "connection closed with an error");
+                }
+                return;
+            }
+            () = shutdown.cancelled(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = activity.idle_for(idle_timeout.unwrap_or(Duration::MAX)), if !closing && idle_timeout.is_some() => {
+                tracing::debug!(%peer, "closing an idle connection");
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+        }
+    }
 }
 
-impl<S, B> Service<http::Request<B>> for WithCallInfo<S>
+/// Requests open on one connection, and when the count last changed.
+#[derive(Debug)]
+struct Activity {
+    open: AtomicUsize,
+    since: std::sync::Mutex<Instant>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity { open: AtomicUsize::new(0), since: std::sync::Mutex::new(Instant::now()) }
+    }
+}
+
+impl Activity {
+    fn touch(&self) {
+        *self.since.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+    }
+
+    /// Resolves once no request has been open for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let since = *self.since.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let due = since.checked_add(idle).unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+            if self.open.load(Ordering::Acquire) == 0 && Instant::now() >= due {
+                return;
+            }
+            let wake = if self.open.load(Ordering::Acquire) == 0 { due } else { Instant::now() + idle };
+            tokio::time::sleep_until(wake.into()).await;
+        }
+    }
+}
+
+/// Counts a request as open on its connection until dropped.
+struct OpenRequest(Arc<Activity>);
+
+impl OpenRequest {
+    fn new(a: &Arc<Activity>) -> Self {
+        a.open.fetch_add(1, Ordering::AcqRel);
+        a.touch();
+        OpenRequest(Arc::clone(a))
+    }
+}
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.touch();
+    }
+}
+
+/// In front of the routes: checks the bearer key, moves `grpc-timeout` (and arrival time and
+/// peer) into a [`CallInfo`] extension, counts the request as open on its connection, and caps
+/// how long the call may take.
+#[derive(Clone)]
+struct Guarded {
+    inner: Routes,
+    peer: SocketAddr,
+    config: Arc<TransportConfig>,
+    activity: Arc<Activity>,
+}
+
+type Reply = http::Response<tonic::body::Body>;
+
+impl<B> Service<http::Request<B>> for Guarded
 where
-    S: Service<http::Request<B>>,
-    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    type Response = Reply;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Reply, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        Service::<http::Request<B>>::poll_ready(&mut self.inner, cx)
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let arrived = Instant::now();
+        let open = OpenRequest::new(&self.activity);
+        let authorization = req.headers().get(http::header::AUTHORIZATION).map(http::HeaderValue::as_bytes);
+        if let Err(e) = self.config.keys.check(req.uri().path(), authorization) {
+            tracing::info!(peer = %self.peer, path = %crate::error::clip(req.uri().path(), 96), code = e.code_label(), "request refused: {e}");
+            return Box::pin(async move {
+                drop(open);
+                Ok(tonic::Status::from(e).into_http())
+            });
+        }
         let grpc_timeout =
             req.headers_mut().remove("grpc-timeout").and_then(|v| v.to_str().ok().and_then(parse_grpc_timeout));
-        req.extensions_mut().insert(CallInfo { arrived: Instant::now(), grpc_timeout, peer: self.peer });
-        Box::pin(self.inner.call(req))
+        req.extensions_mut().insert(CallInfo { arrived, grpc_timeout, peer: self.peer });
+        let deadline =
+            Deadline::for_call(arrived, grpc_timeout, self.config.default_timeout, self.config.max_timeout).at();
+        let call = self.inner.call(req);
+        Box::pin(async move {
+            let reply = match tokio::time::timeout_at((deadline + BACKSTOP).into(), call).await {
+                Ok(r) => r,
+                // The handler answers at the deadline itself; this fires when it never ran
+                // (the request body never completed).
+                Err(_) => Ok(tonic::Status::from(Error::DeadlineExceeded { stage: "receiving the request" }).into_http()),
+            };
+            drop(open);
+            reply
+        })
     }
 }

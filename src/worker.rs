@@ -16,7 +16,7 @@ use crate::batch::{BatchPolicy, Job, JobOutput, Payload, Skip, check_live, compa
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::model::{Backend, HostTensor, ModelSpec, SharedFactory, classify};
+use crate::model::{Backend, HostTensor, ModelSpec, SharedFactory, WorkerFault, classify};
 use crate::tokenize::{TextEncoder, TextInfo};
 
 /// How a worker runs its model.
@@ -140,14 +140,34 @@ pub fn spawn_worker(
             return;
         }
         let counters = Arc::clone(&handle.counters);
+        // Marks the worker stopped however the thread ends, unwinding included, so the
+        // registry replaces it on the next request.
+        let _stopped = StoppedOnExit(Arc::clone(&counters));
         let memory_bytes = backend.memory_bytes();
         on_loaded(Ok(Loaded { handle, memory_bytes }));
         let labels = Labels { model: spec.name.clone(), device: device.label(), metrics };
-        run_worker(&spec, backend, encoder, &rx, &counters, policy, &labels);
-        counters.stopped.store(true, Ordering::Release);
+        if let Err(fault) = run_worker(&spec, backend, encoder, &rx, &counters, policy, &labels) {
+            counters.stopped.store(true, Ordering::Release);
+            tracing::error!(model = %spec.name, %device, fault = %fault, "worker stopped after a fault; the model reloads on the next request");
+            // Jobs still queued are answered rather than dropped.
+            while let Ok(job) = rx.try_recv() {
+                counters.pending.fetch_sub(1, Ordering::AcqRel);
+                let _ = job.reply.send(Err(Error::Forward { model: spec.name.clone(), detail: fault.clone() }));
+            }
+        }
     })
 }
 
+/// Sets `stopped` when dropped.
+struct StoppedOnExit(Arc<WorkerCounters>);
+
+impl Drop for StoppedOnExit {
+    fn drop(&mut self) {
+        self.0.stopped.store(true, Ordering::Release);
+    }
+}
+
+/// Runs batches until every handle is dropped (`Ok`) or the backend faults (`Err`, the reason).
 fn run_worker(
     spec: &ModelSpec,
     mut backend: Box<dyn Backend>,
@@ -156,7 +176,7 @@ fn run_worker(
     counters: &WorkerCounters,
     policy: BatchPolicy,
     labels: &Labels,
-) {
+) -> std::result::Result<(), String> {
     // A job taken from the queue that did not fit the batch being formed opens the next one.
     let mut carry: Option<Job> = None;
     loop {
@@ -164,7 +184,7 @@ fn run_worker(
             Some(job) => job,
             None => match rx.recv() {
                 Ok(job) => job,
-                Err(_) => return, // every handle dropped: unloaded or shutting down
+                Err(_) => return Ok(()), // every handle dropped: unloaded or shutting down
             },
         };
         let Some(first) = keep_live(first, counters, labels) else { continue };
@@ -183,7 +203,7 @@ fn run_worker(
             rows += job.rows;
             batch.push(job);
         }
-        run_batch(spec, backend.as_mut(), encoder.as_mut(), batch, rows, counters, labels);
+        run_batch(spec, backend.as_mut(), encoder.as_mut(), batch, rows, counters, labels)?;
     }
 }
 
@@ -216,7 +236,7 @@ fn run_batch(
     rows: usize,
     counters: &WorkerCounters,
     labels: &Labels,
-) {
+) -> std::result::Result<(), String> {
     let started = Instant::now();
     let lv = [labels.model.as_str(), labels.device.as_str()];
     let row_counts: Vec<usize> = batch.iter().map(|j| j.rows).collect();
@@ -231,16 +251,27 @@ fn run_batch(
         replies.push((job.reply, job.deadline, queued, job.rpc));
     }
     // A panic inside libtorch or the tokenizer fails this batch, not the worker: the model
-    // keeps serving the next one.
+    // keeps serving the next one. A [`WorkerFault`] (or a CUDA error, which poisons the
+    // context) fails the batch and stops the worker.
+    let mut fault = None;
     let ran =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_payload(spec, backend, encoder, merge(payloads))))
             .unwrap_or_else(|panic| {
+                if let Some(WorkerFault(reason)) = panic.downcast_ref::<WorkerFault>() {
+                    fault = Some(reason.clone());
+                    return Err(format!("worker fault: {reason}"));
+                }
                 let what = panic
                     .downcast_ref::<String>()
                     .cloned()
                     .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()));
                 Err(format!("forward pass panicked: {}", what.unwrap_or_default()))
             });
+    if let Err(detail) = &ran
+        && detail.contains("CUDA error")
+    {
+        fault = Some(detail.clone());
+    }
     let result = ran.and_then(|(outputs, texts)| {
         let predictions = predictions_for(spec, &outputs, rows);
         let outputs = split(outputs, &row_counts)?;
@@ -281,6 +312,7 @@ fn run_batch(
         }
     }
     counters.pending.fetch_sub(jobs, Ordering::AcqRel);
+    fault.map_or(Ok(()), Err)
 }
 
 /// Runs the model `runs` times on a one-row input before it serves, so the first real request

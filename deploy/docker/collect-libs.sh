@@ -6,10 +6,11 @@
 #
 #   collect-libs.sh [--hardlink] BINARY DEST
 #
-# What goes in: every library `ldd BINARY` resolves inside the venv's site-packages (libtorch,
-# libc10, libtorch_cuda and the CUDA libraries they link), plus the libraries libtorch and cuDNN
-# open with dlopen() only on a GPU (so ldd cannot see them), with their own dependencies:
-# libtorch_cuda_linalg (cuSOLVER), libcaffe2_nvrtc, libnvrtc-builtins, cuDNN's sub-libraries.
+# What goes in: every library `ldd BINARY` resolves inside the venv's site-packages (libtorch_cpu,
+# libc10), plus the libraries opened with dlopen() only on a GPU (so ldd cannot see them), with
+# their own dependencies: libtorch_cuda (torchwire loads it when an NVIDIA driver is present) and
+# the CUDA libraries it links, libtorch_cuda_linalg (cuSOLVER), libcaffe2_nvrtc,
+# libnvrtc-builtins, cuDNN's sub-libraries.
 # System libraries (libc, libstdc++, libgcc_s) come from the runtime image's Debian; the NVIDIA
 # driver's libcuda.so.1 comes from the host at run time (NVIDIA container toolkit). Fails when
 # any other library does not resolve.
@@ -36,6 +37,7 @@ site=$(dirname "$(dirname "$torch_lib")")
 # Loaded with dlopen() on a GPU only. Globs that match nothing (a CPU-only torch) drop out.
 shopt -s nullglob
 extras=(
+  "$torch_lib"/libtorch_cuda.so
   "$torch_lib"/libtorch_cuda_linalg.so
   "$torch_lib"/libcaffe2_nvrtc.so
   "$site"/nvidia/cudnn/lib/libcudnn_*.so.9

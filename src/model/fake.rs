@@ -1,13 +1,14 @@
 //! A fake backend for tests of the machinery around models (registry, workers, deadlines,
 //! overload, shutdown) without libtorch. Its forward pass sums each row's features into two
 //! logits `[-sum, sum]`, optionally after sleeping, and counts its loads; an input of 666
-//! makes it panic, as a broken native op would.
+//! makes it panic, as a broken native op would, and 668 makes it raise [`WorkerFault`], as a
+//! poisoned CUDA context would (the worker stops and the model is reloaded).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use super::{Backend, BackendFactory, DType, HostTensor, ModelSpec};
+use super::{Backend, BackendFactory, DType, HostTensor, ModelSpec, WorkerFault};
 use crate::device::Device;
 
 /// Creates [`FakeBackend`]s and counts how often it was asked to.
@@ -57,6 +58,9 @@ impl Backend for FakeBackend {
         let values = x.to_f32();
         // A value of 666 makes the fake model panic, as a broken native op would.
         assert!(!values.contains(&666.0), "fake backend asked to panic");
+        if values.contains(&668.0) {
+            std::panic::panic_any(WorkerFault("fake backend asked to fault its worker".into()));
+        }
         let width = usize::try_from(x.shape[1]).map_err(|_| "bad width")?.max(1);
         let logits: Vec<f32> = values
             .chunks(width)

@@ -178,6 +178,13 @@ pub struct Prediction {
     pub probabilities: Vec<f32>,
 }
 
+/// Panic payload a backend raises when its state can no longer be trusted (for instance a CUDA
+/// error that poisons the context): the worker fails the batch and its queued jobs with
+/// INTERNAL and stops, and the registry loads the model afresh on the next request. Any other
+/// panic fails only the batch it happened in.
+#[derive(Debug)]
+pub struct WorkerFault(pub String);
+
 /// A loaded model, owned by exactly one worker thread.
 pub trait Backend: Send {
     /// Runs one forward pass. `inputs` follow the manifest's input order and share the batch

@@ -126,9 +126,10 @@ impl AppState {
         let asked = info.and_then(|i| i.grpc_timeout);
         let deadline = Deadline::for_call(arrived, asked, self.config.default_timeout, self.config.max_timeout);
         let md = req.metadata();
-        let key = md.get("x-api-key").or_else(|| md.get("authorization")).and_then(|v| v.to_str().ok());
+        // The key itself is never kept or logged: its fingerprint names the client.
+        let key = md.get("x-api-key").or_else(|| md.get("authorization")).map(|v| v.as_bytes());
         let client = match (key, info) {
-            (Some(k), _) => format!("key:{}", clip(k, 128)),
+            (Some(k), _) => format!("key:{}", crate::auth::fingerprint(k)),
             (None, Some(i)) => format!("ip:{}", i.peer.ip()),
             (None, None) => "unknown".to_owned(),
         };
