@@ -3,7 +3,7 @@
 //!
 //! Three classes of RPC, by path: health (and the KServe liveness / readiness probes) is always
 //! open; inference (Predict, Sentiment, Stats, KServe inference and metadata, reflection) needs
-//! an API key when any is configured; administration (`Admin.*`, `ResetStats`, the KServe
+//! an API key when any is configured; administration (`Admin.*`, which holds `ResetStats`, and the KServe
 //! repository RPCs) needs an admin key when any is configured, else follows the inference
 //! rule. An admin key also opens inference RPCs. Keys are compared in constant time, kept in
 //! [`Secret`]s whose `Debug` prints nothing, and never logged: logs and rate limits identify a
@@ -72,7 +72,6 @@ pub fn classify(path: &str) -> Access {
         ("grpc.health.v1.Health", _) => Access::Open,
         ("inference.GRPCInferenceService", "ServerLive" | "ServerReady" | "ModelReady") => Access::Open,
         ("torchwire.v1.Admin", _) => Access::Admin,
-        ("torchwire.v1.Inference", "ResetStats") => Access::Admin,
         ("inference.GRPCInferenceService", m) if m.starts_with("Repository") => Access::Admin,
         _ => Access::Inference,
     }
@@ -135,12 +134,8 @@ fn path_method(path: &str) -> String {
 pub fn read_key_file(path: &Path) -> anyhow::Result<Vec<Secret>> {
     let text =
         std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading key file {}: {e}", path.display()))?;
-    let keys: Vec<Secret> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(Secret::new)
-        .collect();
+    let keys: Vec<Secret> =
+        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(Secret::new).collect();
     if keys.is_empty() {
         anyhow::bail!("key file {} holds no key", path.display());
     }
@@ -234,7 +229,7 @@ mod tests {
         assert_eq!(classify("/torchwire.v1.Inference/Stats"), Access::Inference);
         assert_eq!(classify("/inference.GRPCInferenceService/ModelInfer"), Access::Inference);
         assert_eq!(classify("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"), Access::Inference);
-        assert_eq!(classify("/torchwire.v1.Inference/ResetStats"), Access::Admin);
+        assert_eq!(classify("/torchwire.v1.Admin/ResetStats"), Access::Admin);
         assert_eq!(classify(LOAD), Access::Admin);
         assert_eq!(classify("/inference.GRPCInferenceService/RepositoryModelUnload"), Access::Admin);
         assert_eq!(classify("garbage"), Access::Inference);

@@ -51,11 +51,8 @@ impl TestServer {
         let listeners = Listeners { grpc: listener, metrics: Some(metrics) };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(torchwire::server::run_with_factory(config, listeners, shutdown.clone(), factory));
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .expect("endpoint")
-            .connect()
-            .await
-            .expect("connect to test server");
+        // Lazy: a TLS server refuses this plaintext channel, and tests make their own then.
+        let channel = Endpoint::from_shared(format!("http://{addr}")).expect("endpoint").connect_lazy();
         TestServer { addr, metrics_addr, channel, shutdown, task: Some(task) }
     }
 
