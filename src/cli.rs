@@ -54,8 +54,8 @@ pub struct ServeArgs {
     /// costs (scrapes then show residency and load figures only).
     #[arg(long, env = "TORCHWIRE_METRICS_RECORDING", default_value_t = true, action = clap::ArgAction::Set)]
     pub metrics_recording: bool,
-    /// Largest gRPC message, in bytes, that Inference and KServe decode or encode (tonic's
-    /// default is 4 MiB; tritonclient opens channels at 2 GiB).
+    /// Largest gRPC request message, in bytes, that Inference and KServe decode; larger ones
+    /// get OUT_OF_RANGE (tonic's default is 4 MiB; tritonclient opens channels at 2 GiB).
     #[arg(long, env = "TORCHWIRE_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_message_bytes: usize,
     /// Seconds between process-memory samples in the Stats history.
@@ -263,8 +263,7 @@ impl TryFrom<ServeArgs> for Config {
                 _ => None,
             },
             reflection: a.reflection,
-            keepalive_interval: (a.keepalive_interval_secs > 0)
-                .then(|| Duration::from_secs(a.keepalive_interval_secs)),
+            keepalive_interval: (a.keepalive_interval_secs > 0).then(|| Duration::from_secs(a.keepalive_interval_secs)),
             keepalive_timeout: Duration::from_secs(a.keepalive_timeout_secs),
             idle_timeout: (a.idle_timeout_secs > 0).then(|| Duration::from_secs(a.idle_timeout_secs)),
             max_header_bytes: a.max_header_bytes,

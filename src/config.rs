@@ -73,7 +73,7 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
     /// Record per-request metrics and statistics (off only to measure their cost).
     pub metrics_recording: bool,
-    /// Largest gRPC message decoded or encoded by the inference services.
+    /// Largest gRPC request message decoded by the inference services.
     pub max_message_bytes: usize,
     /// Bearer keys for inference and admin RPCs (none = open).
     pub keys: Keys,

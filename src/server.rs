@@ -129,15 +129,16 @@ pub async fn run_with_factory(
     }
     routes
         .add_service(
+            // Answers are bounded by the request limits (rows, texts), not by this one.
             InferenceServer::new(InferenceService::new(Arc::clone(&state)))
                 .max_decoding_message_size(config.max_message_bytes)
-                .max_encoding_message_size(config.max_message_bytes),
+                .max_encoding_message_size(usize::MAX),
         )
         .add_service(AdminServer::new(AdminService::new(Arc::clone(&state))))
         .add_service(
             GrpcInferenceServiceServer::new(KserveService::new(Arc::clone(&state)))
                 .max_decoding_message_size(config.max_message_bytes)
-                .max_encoding_message_size(config.max_message_bytes),
+                .max_encoding_message_size(usize::MAX),
         );
     let transport = TransportConfig {
         grace: config.shutdown_grace,
