@@ -101,7 +101,11 @@ impl Devices {
         static INTEROP: std::sync::Once = std::sync::Once::new();
         // libtorch refuses a second call, so it is made once per process.
         INTEROP.call_once(|| tch::set_num_interop_threads(1));
-        let gpus = if load_cuda_backend() && tch::Cuda::is_available() { usize::try_from(tch::Cuda::device_count()).unwrap_or(0) } else { 0 };
+        let gpus = if load_cuda_backend() && tch::Cuda::is_available() {
+            usize::try_from(tch::Cuda::device_count()).unwrap_or(0)
+        } else {
+            0
+        };
         Devices { gpus }
     }
 

@@ -270,7 +270,9 @@ where
                 Ok(r) => r,
                 // The handler answers at the deadline itself; this fires when it never ran
                 // (the request body never completed).
-                Err(_) => Ok(tonic::Status::from(Error::DeadlineExceeded { stage: "receiving the request" }).into_http()),
+                Err(_) => {
+                    Ok(tonic::Status::from(Error::DeadlineExceeded { stage: "receiving the request" }).into_http())
+                }
             };
             drop(open);
             reply
