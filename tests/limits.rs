@@ -11,9 +11,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use common::{TestServer, fixtures_dir};
-use prost::Message;
+use common::{TestServer, fixtures_dir, frame, grpc_request, grpc_status, h2_connect};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 use torchwire::config::Config;
@@ -62,7 +60,7 @@ fn refused(result: Result<impl std::fmt::Debug, tonic::Status>, code: Code, word
 #[tokio::test]
 async fn message_size_limit_is_exact() {
     let req = tensor_request(8);
-    let len = req.encoded_len();
+    let len = prost::Message::encoded_len(&req);
     let mut config = Config::for_tests(fixtures_dir());
     config.max_message_bytes = len;
     let server = TestServer::start(config).await;
@@ -129,51 +127,6 @@ async fn oversized_headers_are_refused_and_the_server_keeps_serving() {
         .predict(req)
         .await
         .expect("headers within the limit are served");
-}
-
-/// An HTTP/2 connection made with the `h2` crate, driven in the background.
-async fn h2_connect(
-    addr: std::net::SocketAddr,
-) -> (h2::client::SendRequest<Bytes>, tokio::task::JoinHandle<Result<(), h2::Error>>) {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
-    (send, tokio::spawn(conn))
-}
-
-/// A unary gRPC request for `path`; the body is sent separately.
-fn grpc_request(addr: std::net::SocketAddr, path: &str) -> http::Request<()> {
-    http::Request::builder()
-        .method("POST")
-        .uri(format!("http://{addr}{path}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap()
-}
-
-/// The gRPC length-prefixed frame of a message.
-fn frame(msg: &impl Message) -> Bytes {
-    let body = msg.encode_to_vec();
-    let mut out = vec![0u8];
-    out.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
-    out.extend_from_slice(&body);
-    out.into()
-}
-
-/// Reads a response to the end and returns its grpc-status (headers for trailers-only
-/// answers, else trailers).
-async fn grpc_status(resp: h2::client::ResponseFuture) -> i32 {
-    let resp = resp.await.unwrap();
-    if let Some(s) = resp.headers().get("grpc-status") {
-        return s.to_str().unwrap().parse().unwrap();
-    }
-    let mut body = resp.into_body();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.unwrap();
-        let _ = body.flow_control().release_capacity(chunk.len());
-    }
-    let trailers = body.trailers().await.unwrap().expect("trailers");
-    trailers.get("grpc-status").unwrap().to_str().unwrap().parse().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

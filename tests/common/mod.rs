@@ -1,7 +1,7 @@
 //! Test harness: `TestServer` starts the real server in-process on 127.0.0.1:0 and hands out
 //! generated tonic clients; it shuts the server down on drop. No fixed ports, no sleeps.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -112,4 +112,79 @@ fn dechunk(mut s: &str) -> String {
         s = rest[n..].trim_start_matches("\r\n");
     }
     out
+}
+
+// ---- raw HTTP/2 (the `h2` crate), for tests below the gRPC client ----
+
+/// An HTTP/2 connection made with the `h2` crate, driven in the background.
+pub async fn h2_connect(
+    addr: std::net::SocketAddr,
+) -> (h2::client::SendRequest<bytes::Bytes>, tokio::task::JoinHandle<Result<(), h2::Error>>) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    (send, tokio::spawn(conn))
+}
+
+/// A unary gRPC request for `path`; the body is sent separately.
+pub fn grpc_request(addr: std::net::SocketAddr, path: &str) -> http::Request<()> {
+    http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap()
+}
+
+/// The gRPC length-prefixed frame of a message.
+pub fn frame(msg: &impl prost::Message) -> bytes::Bytes {
+    let body = prost::Message::encode_to_vec(msg);
+    let mut out = vec![0u8];
+    out.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+    out.extend_from_slice(&body);
+    out.into()
+}
+
+/// Reads a response to the end and returns its grpc-status (headers for trailers-only
+/// answers, else trailers).
+pub async fn grpc_status(resp: h2::client::ResponseFuture) -> i32 {
+    grpc_answer(resp).await.0
+}
+
+/// Reads a response to the end: (grpc-status, grpc-message).
+pub async fn grpc_answer(resp: h2::client::ResponseFuture) -> (i32, String) {
+    fn pick(h: &http::HeaderMap) -> Option<(i32, String)> {
+        let code = h.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+        let msg = h.get("grpc-message").and_then(|m| m.to_str().ok()).unwrap_or_default();
+        Some((code, percent_decode(msg)))
+    }
+    let resp = resp.await.unwrap();
+    if let Some(answer) = pick(resp.headers()) {
+        return answer;
+    }
+    let mut body = resp.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let trailers = body.trailers().await.unwrap().expect("trailers");
+    pick(&trailers).expect("grpc-status in the trailers")
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
