@@ -44,3 +44,6 @@ pub mod tokenize;
 pub mod transport;
 pub mod validate;
 pub mod worker;
+
+#[cfg(test)]
+mod fuzz;

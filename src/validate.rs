@@ -403,6 +403,14 @@ fn row_inputs(spec: &ModelSpec, rows: &[proto::Row], limits: Limits) -> Result<P
                     "NaN and Inf are not accepted by this model",
                 ));
             }
+            // Values travel as float32 unless the input is float64: one beyond its range would
+            // reach the model as Inf.
+            if input.dtype != DType::F64 && !(v as f32).is_finite() && !spec.allow_non_finite {
+                return Err(Error::invalid(
+                    format!("rows[{r}].{}", f.name),
+                    format!("{v} is outside the float32 range this model takes"),
+                ));
+            }
             values.push(v);
         }
         if row.features.len() != width {
@@ -594,6 +602,10 @@ features = [{ name = "age", unit = "years" }, { name = "bmi" }]
             (
                 proto::PredictRequest { rows: vec![row(&[("age", f64::NAN), ("bmi", 2.0)])], ..Default::default() },
                 "NaN and Inf",
+            ),
+            (
+                proto::PredictRequest { rows: vec![row(&[("age", 1e39), ("bmi", 2.0)])], ..Default::default() },
+                "outside the float32 range",
             ),
         ];
         for (req, want) in cases {

@@ -272,6 +272,11 @@ fn run_batch(
     {
         fault = Some(detail.clone());
     }
+    if fault.is_some() {
+        // Marked before any reply leaves: a client that retries the moment it is answered must
+        // reach a fresh load, not this dying worker's queue.
+        counters.stopped.store(true, Ordering::Release);
+    }
     let result = ran.and_then(|(outputs, texts)| {
         let predictions = predictions_for(spec, &outputs, rows);
         let outputs = split(outputs, &row_counts)?;

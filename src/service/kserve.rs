@@ -109,7 +109,7 @@ fn split_bytes(field: &str, raw: &[u8]) -> Result<Vec<Bytes>> {
 }
 
 /// KServe inputs -> the domain payload and its row count.
-fn infer_inputs(
+pub(crate) fn infer_inputs(
     spec: &ModelSpec,
     req: &ks::ModelInferRequest,
     text_length: usize,
