@@ -77,7 +77,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TORCHWIRE_MAX_TIMEOUT_MS", default_value_t = 300_000)]
     pub max_timeout_ms: u64,
     /// Requests each (model, device) queue holds; past it, RESOURCE_EXHAUSTED at once.
-    /// 0 = four batches' worth of the model's largest batch on that device.
+    /// 0 = sixteen batches' worth of the model's largest batch on that device (CPU 128, GPU 512),
+    /// so 64 closed-loop clients on one model queue rather than being refused.
     #[arg(long, env = "TORCHWIRE_QUEUE_CAPACITY", default_value_t = 0)]
     pub queue_capacity: usize,
     /// libtorch intra-op threads per model worker; 0 = the cores shared among the workers.

@@ -33,7 +33,7 @@ pub struct Config {
     pub default_timeout: Duration,
     /// Cap on any request's deadline.
     pub max_timeout: Duration,
-    /// Jobs each (model, device) queue holds; 0 = four batches' worth.
+    /// Jobs each (model, device) queue holds; 0 = sixteen batches' worth.
     pub queue_capacity: usize,
     /// Overrides every device's default tokens per text (CPU 256, GPU 512).
     pub max_text_length: Option<usize>,

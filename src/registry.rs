@@ -37,7 +37,7 @@ pub struct ModelKey {
 /// Settings the registry needs.
 #[derive(Debug, Clone)]
 pub struct RegistryConfig {
-    /// Jobs a worker queue holds before requests are refused; 0 = four batches' worth.
+    /// Jobs a worker queue holds before requests are refused; 0 = sixteen batches' worth.
     pub queue_capacity: usize,
     /// Overrides every device's default tokens per text.
     pub max_text_length: Option<usize>,
@@ -308,7 +308,7 @@ impl ModelRegistry {
             WorkerSettings {
                 threads: self.config.threads_per_worker,
                 capacity: match self.config.queue_capacity {
-                    0 => 4 * self.batch_size(spec_max_batch, device),
+                    0 => 16 * self.batch_size(spec_max_batch, device),
                     n => n,
                 },
                 policy: BatchPolicy { max_rows: self.batch_size(spec_max_batch, device), max_delay: spec_delay },
