@@ -30,7 +30,8 @@ pub enum Command {
     Models(ClientArgs),
     /// Run a Predict against a running server with rows of named features.
     Predict(PredictArgs),
-    /// Load-test a running server (closed loop at a fixed concurrency) and report latency.
+    /// Load-test a running server (torchwire, the python-grpc peer or TorchServe): closed loop
+    /// at a fixed concurrency or open loop at a fixed rate; report throughput and latency.
     Bench(crate::bench::BenchArgs),
     /// Time a model's forward pass in-process through libtorch (the floor for `bench`).
     BenchRaw(crate::bench::RawBenchArgs),
