@@ -35,6 +35,8 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Time a model's forward pass in-process through libtorch (the floor for `bench`).
     BenchRaw(crate::bench::RawBenchArgs),
+    /// Serve torchwire.v1.Inference with constant answers and no model (the gRPC floor for `bench`).
+    BenchFloor(crate::bench::floor::FloorArgs),
 }
 
 /// Flags of `torchwire serve`.
