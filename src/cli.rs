@@ -37,6 +37,8 @@ pub enum Command {
     BenchRaw(crate::bench::RawBenchArgs),
     /// Serve torchwire.v1.Inference with constant answers and no model (the gRPC floor for `bench`).
     BenchFloor(crate::bench::floor::FloorArgs),
+    /// Draw throughput against concurrency from a results file into a PNG.
+    BenchChart(crate::bench::chart::ChartArgs),
 }
 
 /// Flags of `torchwire serve`.

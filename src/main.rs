@@ -30,6 +30,7 @@ fn main() -> anyhow::Result<()> {
             torchwire::telemetry::init(LogFormat::Text, "warn", None)?;
             runtime.block_on(torchwire::bench::floor::run_floor(args))
         }
+        Command::BenchChart(args) => torchwire::bench::chart::run_chart(&args),
         Command::Predict(args) => {
             torchwire::telemetry::init(LogFormat::Text, "warn", None)?;
             runtime.block_on(torchwire::client::predict(args))

@@ -13,6 +13,7 @@
 //! in it counts as an error); latencies are recorded per request after the warm-up and
 //! summarised as percentiles. [`measure`] returns a [`Report`]; [`run`] prints it.
 
+pub mod chart;
 pub mod floor;
 pub mod peers;
 mod raw;
