@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 ADDR   ?= 127.0.0.1:50051
 
-.PHONY: setup setup-system models build run test lint fixtures bench clean
+.PHONY: setup setup-system models build run test lint fixtures bench bench-more clean
 
 # Always runs: the script itself is idempotent (a stamp file) and refreshes the fixture
 # tokenizer copy in a few milliseconds.
@@ -21,13 +21,13 @@ setup-system:
 models: setup
 	$(PY) models/build.py
 
-build: setup
+build: setup setup-system
 	cargo build --release --locked
 
 run: models build
 	./target/release/torchwire serve --model-dir models --grpc-addr $(ADDR)
 
-lint: setup
+lint: setup setup-system
 	cargo fmt --check
 	cargo clippy --locked --all-targets -- -D warnings
 
@@ -38,9 +38,17 @@ test: lint setup-system
 	TORCHWIRE_BIN=target/debug/torchwire .venv-triton/bin/python -m pytest -q tests/kserve
 	TORCHWIRE_BIN=target/debug/torchwire bash scripts/deploy-check.sh
 
-# Benchmarks (see BENCHMARKS.md): batching / deadlines / overload, lifecycle, KServe via
-# perf_analyzer against the Python baseline peer. A few minutes; pins server and client apart.
+# The benchmark suite (issue #8; see BENCHMARKS.md): torchwire next to its limits (raw libtorch
+# forward pass, a bare tonic server) and its peers (Python grpcio + torch, TorchServe 0.12), 3
+# repetitions per point, about 10 minutes (at most 15). Installs the peers on first use. Writes
+# benches/results/<date>.{json,png} and the suite's tables in BENCHMARKS.md. Pins server and
+# client apart. `$(PY) benches/suite.py --quick` tries it out in about 2 minutes.
 bench: models build
+	$(PY) benches/suite.py
+
+# The earlier, narrower benchmarks (see BENCHMARKS.md): batching / deadlines / overload,
+# lifecycle, KServe via perf_analyzer against the Python baseline peer. A few minutes.
+bench-more: models build
 	bash benches/batching.sh 5
 	bash benches/lifecycle.sh
 	bash benches/kserve.sh 10000

@@ -1,18 +1,31 @@
 #!/usr/bin/env bash
-# Owns the Debian packages the test suite uses: `prometheus` (for promtool and a real
-# Prometheus server in the observability tests). Idempotent: does nothing when promtool is
-# already there. Needs root (CI and the dev machines run as root); otherwise says what to install.
+# Owns the Debian packages the build and the test suite use: `prometheus` (for promtool and a
+# real Prometheus server in the observability tests), and fontconfig / freetype headers with
+# DejaVu fonts (plotters draws `torchwire bench-chart` text through font-kit, which links them).
+# Idempotent: installs only what is missing, and does nothing when everything is there. Needs
+# root (CI and the dev machines run as root); otherwise says what to install.
 set -euo pipefail
-if command -v promtool >/dev/null && command -v prometheus >/dev/null; then
+missing=()
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  missing+=(prometheus)
+fi
+for pkg in pkg-config libfontconfig1-dev libfreetype-dev fonts-dejavu-core; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$pkg")
+  fi
+done
+if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
-  echo "setup-system: install Debian's 'prometheus' package (promtool, prometheus) for the tests" >&2
+  echo "setup-system: install these Debian packages: ${missing[*]}" >&2
   exit 1
 fi
-echo "setup-system: installing Debian prometheus (promtool + server, for tests)" >&2
+echo "setup-system: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq >/dev/null
-apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-# The package may start a system Prometheus; the tests run their own on loopback ports.
-if command -v service >/dev/null; then service prometheus stop >/dev/null 2>&1 || true; fi
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# The prometheus package may start a system Prometheus; the tests run their own on loopback ports.
+if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v service >/dev/null; then
+  service prometheus stop >/dev/null 2>&1 || true
+fi
