@@ -103,3 +103,27 @@ async fn predict_without_model_or_features_says_what_is_missing() {
     assert!(err.contains("--model") && err.contains("--features"), "{err}");
     floor.shut_down().await;
 }
+
+/// `--malformed-percent` against the real server: about that share of requests comes back
+/// INVALID_ARGUMENT, the rest OK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_percent_sends_that_share_of_invalid_requests() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/fixtures");
+    let server = tokio::spawn(torchwire::server::run(
+        torchwire::config::Config::for_tests(dir),
+        torchwire::server::Listeners { grpc: listener, metrics: None },
+        stop.clone(),
+    ));
+    let args = bench_args(addr, &["--model", "tiny_risk", "--concurrency", "2", "--malformed-percent", "10"]);
+    let report = measure(&args, false).await.unwrap();
+    let bad = report.codes.get("InvalidArgument").copied().unwrap_or(0);
+    let total: u64 = report.codes.values().sum();
+    assert_eq!(report.codes.keys().filter(|k| *k != "OK" && *k != "InvalidArgument").count(), 0, "{report:?}");
+    let share = bad as f64 / total as f64;
+    assert!((0.08..=0.12).contains(&share), "{bad} of {total} malformed: {report:?}");
+    stop.cancel();
+    server.await.unwrap().unwrap();
+}

@@ -108,6 +108,11 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a line of text (and no progress bar).
     #[arg(long)]
     pub json: bool,
+    /// Make this percentage of requests deliberately malformed (torchwire target only): a
+    /// Predict whose data does not fill its shape, a Sentiment text over the server's byte
+    /// limit. They should come back INVALID_ARGUMENT; for soak tests.
+    #[arg(long, default_value_t = 0.0)]
+    pub malformed_percent: f64,
 }
 
 /// Latency percentiles in microseconds.
@@ -269,6 +274,8 @@ impl Sample {
 /// What every sending task shares.
 struct Plan {
     requests: Requests,
+    /// Malformed variants of `requests`, sent for `malformed_percent` of the requests.
+    malformed: Option<(Requests, f64)>,
     /// Which body the next request sends; requests cycle through the bodies.
     next: AtomicUsize,
     /// Requests completed so far, warm-up included: what the progress bar shows.
@@ -282,7 +289,12 @@ struct Plan {
 impl Plan {
     async fn send(&self, grpc: &mut Grpc<Channel>) -> Outcome {
         let k = self.next.fetch_add(1, Ordering::Relaxed);
-        let outcome = self.requests.call(grpc, k, self.rows, self.timeout).await;
+        let requests = match &self.malformed {
+            // Request k is malformed when the running count of malformed ones steps up at k.
+            Some((bad, pct)) if ((k + 1) as f64 * pct / 100.0).floor() > (k as f64 * pct / 100.0).floor() => bad,
+            _ => &self.requests,
+        };
+        let outcome = requests.call(grpc, k, self.rows, self.timeout).await;
         self.done.fetch_add(1, Ordering::Relaxed);
         outcome
     }
@@ -372,6 +384,12 @@ pub async fn measure(args: &BenchArgs, progress: bool) -> anyhow::Result<Report>
     if !(args.rate >= 0.0 && args.rate.is_finite()) {
         bail!("--rate must be a non-negative number");
     }
+    if !(0.0..=100.0).contains(&args.malformed_percent) {
+        bail!("--malformed-percent must be between 0 and 100");
+    }
+    if args.malformed_percent > 0.0 && args.target != BenchTarget::Torchwire {
+        bail!("--malformed-percent is for the torchwire target only");
+    }
     let addr = normalise_addr(args.addr.as_deref().unwrap_or(args.target.default_addr()));
     let mut channels = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {
@@ -389,8 +407,10 @@ pub async fn measure(args: &BenchArgs, progress: bool) -> anyhow::Result<Report>
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(args.warmup);
     let end = measure_from + Duration::from_secs_f64(args.duration);
+    let malformed = (args.malformed_percent > 0.0).then(|| (requests.malformed(), args.malformed_percent));
     let plan = Arc::new(Plan {
         requests,
+        malformed,
         next: AtomicUsize::new(0),
         done: AtomicU64::new(0),
         rows: args.rows,

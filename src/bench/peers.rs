@@ -227,6 +227,35 @@ impl Requests {
         )
     }
 
+    /// Deliberately malformed copies of torchwire bodies (peers' bodies are returned as they
+    /// are): Predict data one value longer than its shape, Sentiment texts over the default
+    /// 64 KiB byte limit. The server must answer INVALID_ARGUMENT.
+    pub fn malformed(&self) -> Self {
+        match self {
+            Requests::Predict(v) => Requests::Predict(
+                v.iter()
+                    .cloned()
+                    .map(|mut r| {
+                        if let Some(t) = r.inputs.first_mut() {
+                            t.float_data.push(0.0);
+                        }
+                        r
+                    })
+                    .collect(),
+            ),
+            Requests::Sentiment(v) => Requests::Sentiment(
+                v.iter()
+                    .cloned()
+                    .map(|mut r| {
+                        r.texts = vec!["x".repeat(64 * 1024 + 1)];
+                        r
+                    })
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+
     /// Distinct bodies.
     pub fn len(&self) -> usize {
         match self {
