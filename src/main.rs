@@ -6,7 +6,11 @@ use torchwire::config::{Config, LogFormat};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // As many async workers as cores this process may use (affinity and cgroup quota
+    // included); tokio's own default counts every online core, and extra workers on a pinned
+    // server only add context switches.
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(cores).enable_all().build()?;
     match cli.command {
         Command::Serve(args) => {
             let config = Config::try_from(*args).map_err(anyhow::Error::msg)?;
