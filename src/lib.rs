@@ -1,11 +1,12 @@
 //! torchwire: a gRPC server for TorchScript models.
 //!
 //! ```text
-//! client ──gRPC──▶ service/   proto ⇄ domain, deadline, logging at the boundary
-//!                  └▶ validate     shape, dtype, size, NaN → INVALID_ARGUMENT
-//!                     └▶ registry  DashMap<(model, device), slot>: lazy single-flight load
-//!                        └▶ worker  one OS thread per (model, device), bounded queue,
-//!                                   drop expired / cancelled jobs → forward (no_grad) → reply
+//! client ──gRPC──▶ transport   HTTP/2, TLS / mTLS, bearer keys (auth.rs), connection limits
+//!                  └▶ service/   proto ⇄ domain, deadline, logging at the boundary
+//!                     └▶ validate     shape, dtype, size, NaN → INVALID_ARGUMENT
+//!                        └▶ registry  DashMap<(model, device), slot>: lazy single-flight load
+//!                           └▶ worker  one OS thread per (model, device), bounded queue,
+//!                                      drop expired / cancelled jobs → forward (no_grad) → reply
 //! ```
 //!
 //! Seams for the work that follows (each lands in its own module):
