@@ -217,6 +217,22 @@ pub struct ClientArgs {
     /// Server address.
     #[arg(long, env = "TORCHWIRE_ADDR", default_value = "http://127.0.0.1:50051")]
     pub addr: String,
+    /// Key sent as `authorization: Bearer <key>` (for servers started with --api-key or
+    /// --admin-key; `models` lists through Admin, so it needs the admin key there).
+    #[arg(long = "key", env = "TORCHWIRE_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+}
+
+impl ClientArgs {
+    /// The `authorization` metadata value for `--key`, if given.
+    pub fn authorization(&self) -> anyhow::Result<Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>> {
+        bearer(self.key.as_deref())
+    }
+}
+
+/// `Bearer <key>` as metadata, checked to be a valid header value.
+pub fn bearer(key: Option<&str>) -> anyhow::Result<Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>> {
+    key.map(|k| format!("Bearer {k}").parse().map_err(|_| anyhow::anyhow!("--key must be printable ASCII"))).transpose()
 }
 
 /// Flags of `torchwire predict`.

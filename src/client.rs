@@ -14,7 +14,11 @@ use crate::proto::{self, ListModelsRequest, PredictRequest};
 pub async fn models(args: ClientArgs) -> anyhow::Result<()> {
     let mut client =
         AdminClient::connect(args.addr.clone()).await.with_context(|| format!("connecting to {}", args.addr))?;
-    let list = client.list_models(ListModelsRequest {}).await?.into_inner();
+    let mut req = tonic::Request::new(ListModelsRequest {});
+    if let Some(auth) = args.authorization()? {
+        req.metadata_mut().insert("authorization", auth);
+    }
+    let list = client.list_models(req).await?.into_inner();
     for m in list.models {
         let states: Vec<String> = m
             .devices
@@ -49,10 +53,11 @@ pub async fn predict(args: PredictArgs) -> anyhow::Result<()> {
     let mut client = InferenceClient::connect(args.client.addr.clone())
         .await
         .with_context(|| format!("connecting to {}", args.client.addr))?;
-    let resp = client
-        .predict(PredictRequest { model: args.model, device: args.device, rows, inputs: vec![] })
-        .await?
-        .into_inner();
+    let mut req = tonic::Request::new(PredictRequest { model: args.model, device: args.device, rows, inputs: vec![] });
+    if let Some(auth) = args.client.authorization()? {
+        req.metadata_mut().insert("authorization", auth);
+    }
+    let resp = client.predict(req).await?.into_inner();
     for (i, p) in resp.predictions.iter().enumerate() {
         let mut probs: Vec<_> = p.probabilities.iter().collect();
         probs.sort_by(|a, b| a.0.cmp(b.0));

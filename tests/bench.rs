@@ -127,3 +127,29 @@ async fn malformed_percent_sends_that_share_of_invalid_requests() {
     stop.cancel();
     server.await.unwrap().unwrap();
 }
+
+/// `--key` against a server that requires one: every request OK with it, UNAUTHENTICATED
+/// without it (GetModel, for the input width, is asked with the same key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_opens_a_keyed_server() {
+    use torchwire::auth::{Keys, Secret};
+    const KEY: &str = "bench-key-0123456789abcdef";
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/fixtures");
+    let mut config = torchwire::config::Config::for_tests(dir);
+    config.keys = Keys { api: vec![], admin: vec![Secret::new(KEY)] };
+    let server = tokio::spawn(torchwire::server::run(
+        config,
+        torchwire::server::Listeners { grpc: listener, metrics: None },
+        stop.clone(),
+    ));
+    let report = measure(&bench_args(addr, &["--model", "tiny_risk", "--key", KEY]), false).await.unwrap();
+    assert_all_ok(&report);
+    let refused = measure(&bench_args(addr, &["--model", "tiny_risk"]), false).await;
+    let err = format!("{:#}", refused.unwrap_err());
+    assert!(err.contains("nauthenticated") || err.contains("authorization"), "{err}");
+    stop.cancel();
+    server.await.unwrap().unwrap();
+}

@@ -108,6 +108,10 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a line of text (and no progress bar).
     #[arg(long)]
     pub json: bool,
+    /// Key sent as `authorization: Bearer <key>` on every request (servers started with
+    /// --api-key; the admin key where the bench asks GetModel for the input width).
+    #[arg(long = "key", env = "TORCHWIRE_KEY", hide_env_values = true)]
+    pub key: Option<String>,
     /// Make this percentage of requests deliberately malformed (torchwire target only): a
     /// Predict whose data does not fill its shape, a Sentiment text over the server's byte
     /// limit. They should come back INVALID_ARGUMENT; for soak tests.
@@ -274,6 +278,8 @@ impl Sample {
 /// What every sending task shares.
 struct Plan {
     requests: Requests,
+    /// `authorization` metadata sent with every request.
+    auth: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     /// Malformed variants of `requests`, sent for `malformed_percent` of the requests.
     malformed: Option<(Requests, f64)>,
     /// Which body the next request sends; requests cycle through the bodies.
@@ -294,7 +300,7 @@ impl Plan {
             Some((bad, pct)) if ((k + 1) as f64 * pct / 100.0).floor() > (k as f64 * pct / 100.0).floor() => bad,
             _ => &self.requests,
         };
-        let outcome = requests.call(grpc, k, self.rows, self.timeout).await;
+        let outcome = requests.call(grpc, k, self.rows, self.timeout, self.auth.as_ref()).await;
         self.done.fetch_add(1, Ordering::Relaxed);
         outcome
     }
@@ -409,6 +415,7 @@ pub async fn measure(args: &BenchArgs, progress: bool) -> anyhow::Result<Report>
     let end = measure_from + Duration::from_secs_f64(args.duration);
     let malformed = (args.malformed_percent > 0.0).then(|| (requests.malformed(), args.malformed_percent));
     let plan = Arc::new(Plan {
+        auth: crate::cli::bearer(args.key.as_deref())?,
         requests,
         malformed,
         next: AtomicUsize::new(0),
@@ -500,8 +507,12 @@ async fn request_bodies(args: &BenchArgs, channel: &Channel) -> anyhow::Result<(
     let (input_name, inner_shape, width) = match (args.features, args.target) {
         (Some(f), _) => (String::new(), vec![i64::try_from(f)?], f),
         (None, BenchTarget::Torchwire) => {
+            let mut req = tonic::Request::new(GetModelRequest { model: model.clone() });
+            if let Some(auth) = crate::cli::bearer(args.key.as_deref())? {
+                req.metadata_mut().insert("authorization", auth);
+            }
             let info = AdminClient::new(channel.clone())
-                .get_model(GetModelRequest { model: model.clone() })
+                .get_model(req)
                 .await
                 .with_context(|| format!("asking Admin.GetModel for {model:?} (or give --features)"))?
                 .into_inner();

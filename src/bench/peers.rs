@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::time::Duration;
+use tonic::metadata::{Ascii, MetadataValue};
 
 use anyhow::Context;
 use clap::ValueEnum;
@@ -274,27 +275,36 @@ impl Requests {
 
     /// Sends body `k` (modulo the count) with a `timeout` deadline and checks the answer;
     /// `rows` is how many rows (or texts) each body carries.
-    pub async fn call(&self, grpc: &mut Grpc<Channel>, k: usize, rows: usize, timeout: Duration) -> Outcome {
+    pub async fn call(
+        &self,
+        grpc: &mut Grpc<Channel>,
+        k: usize,
+        rows: usize,
+        timeout: Duration,
+        auth: Option<&MetadataValue<Ascii>>,
+    ) -> Outcome {
         let call = async {
             match self {
                 Requests::Predict(v) => {
-                    let r: proto::PredictResponse = unary(grpc, pick(v, k)?, TORCHWIRE_PREDICT, timeout).await?;
+                    let r: proto::PredictResponse = unary(grpc, pick(v, k)?, TORCHWIRE_PREDICT, timeout, auth).await?;
                     expect(!r.outputs.is_empty(), "empty_answer")
                 }
                 Requests::Sentiment(v) => {
-                    let r: proto::SentimentResponse = unary(grpc, pick(v, k)?, TORCHWIRE_SENTIMENT, timeout).await?;
+                    let r: proto::SentimentResponse =
+                        unary(grpc, pick(v, k)?, TORCHWIRE_SENTIMENT, timeout, auth).await?;
                     expect(r.results.len() == rows, "short_answer")
                 }
                 Requests::PythonPredict(v) => {
-                    let r: PythonPredictResponse = unary(grpc, pick(v, k)?, PYTHON_PREDICT, timeout).await?;
+                    let r: PythonPredictResponse = unary(grpc, pick(v, k)?, PYTHON_PREDICT, timeout, auth).await?;
                     expect(r.rows as usize == rows && !r.probs.is_empty(), "short_answer")
                 }
                 Requests::PythonText(v) => {
-                    let r: PythonPredictResponse = unary(grpc, pick(v, k)?, PYTHON_CLASSIFY_TEXT, timeout).await?;
+                    let r: PythonPredictResponse =
+                        unary(grpc, pick(v, k)?, PYTHON_CLASSIFY_TEXT, timeout, auth).await?;
                     expect(r.rows as usize == rows && !r.probs.is_empty(), "short_answer")
                 }
                 Requests::TorchServe(v) => {
-                    let r: PredictionResponse = unary(grpc, pick(v, k)?, TORCHSERVE_PREDICTIONS, timeout).await?;
+                    let r: PredictionResponse = unary(grpc, pick(v, k)?, TORCHSERVE_PREDICTIONS, timeout, auth).await?;
                     expect(!r.prediction.is_empty(), "empty_prediction")
                 }
             }
@@ -315,7 +325,13 @@ fn expect(ok: bool, label: &str) -> Outcome {
     if ok { Ok(()) } else { Err(label.to_owned()) }
 }
 
-async fn unary<Q, R>(grpc: &mut Grpc<Channel>, body: Q, path: &'static str, timeout: Duration) -> Result<R, String>
+async fn unary<Q, R>(
+    grpc: &mut Grpc<Channel>,
+    body: Q,
+    path: &'static str,
+    timeout: Duration,
+    auth: Option<&MetadataValue<Ascii>>,
+) -> Result<R, String>
 where
     Q: prost::Message + Send + Sync + 'static,
     R: prost::Message + Default + Send + Sync + 'static,
@@ -323,6 +339,9 @@ where
     grpc.ready().await.map_err(|_| format!("{:?}", tonic::Code::Unavailable))?;
     let mut request = tonic::Request::new(body);
     request.set_timeout(timeout);
+    if let Some(auth) = auth {
+        request.metadata_mut().insert("authorization", auth.clone());
+    }
     let codec: ProstCodec<Q, R> = ProstCodec::default();
     match grpc.unary(request, PathAndQuery::from_static(path), codec).await {
         Ok(response) => Ok(response.into_inner()),
