@@ -46,6 +46,24 @@ fn bench_args(addr: SocketAddr, extra: &[&str]) -> BenchArgs {
     }
 }
 
+/// The real server over the committed fixtures on 127.0.0.1:0.
+async fn real_server(
+    edit: impl FnOnce(&mut torchwire::config::Config),
+) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/fixtures");
+    let mut config = torchwire::config::Config::for_tests(dir);
+    edit(&mut config);
+    let server = tokio::spawn(torchwire::server::run(
+        config,
+        torchwire::server::Listeners { grpc: listener, metrics: None },
+        stop.clone(),
+    ));
+    (addr, stop, server)
+}
+
 fn assert_all_ok(report: &Report) {
     assert!(report.requests > 0, "no request answered: {report:?}");
     assert_eq!(report.errors, 0, "{report:?}");
@@ -108,15 +126,7 @@ async fn predict_without_model_or_features_says_what_is_missing() {
 /// INVALID_ARGUMENT, the rest OK.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_percent_sends_that_share_of_invalid_requests() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/fixtures");
-    let server = tokio::spawn(torchwire::server::run(
-        torchwire::config::Config::for_tests(dir),
-        torchwire::server::Listeners { grpc: listener, metrics: None },
-        stop.clone(),
-    ));
+    let (addr, stop, server) = real_server(|_| {}).await;
     let args = bench_args(addr, &["--model", "tiny_risk", "--concurrency", "2", "--malformed-percent", "10"]);
     let report = measure(&args, false).await.unwrap();
     let bad = report.codes.get("InvalidArgument").copied().unwrap_or(0);
@@ -134,22 +144,29 @@ async fn malformed_percent_sends_that_share_of_invalid_requests() {
 async fn key_opens_a_keyed_server() {
     use torchwire::auth::{Keys, Secret};
     const KEY: &str = "bench-key-0123456789abcdef";
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/fixtures");
-    let mut config = torchwire::config::Config::for_tests(dir);
-    config.keys = Keys { api: vec![], admin: vec![Secret::new(KEY)] };
-    let server = tokio::spawn(torchwire::server::run(
-        config,
-        torchwire::server::Listeners { grpc: listener, metrics: None },
-        stop.clone(),
-    ));
+    let (addr, stop, server) = real_server(|c| c.keys = Keys { api: vec![], admin: vec![Secret::new(KEY)] }).await;
     let report = measure(&bench_args(addr, &["--model", "tiny_risk", "--key", KEY]), false).await.unwrap();
     assert_all_ok(&report);
     let refused = measure(&bench_args(addr, &["--model", "tiny_risk"]), false).await;
     let err = format!("{:#}", refused.unwrap_err());
     assert!(err.contains("nauthenticated") || err.contains("authorization"), "{err}");
+    stop.cancel();
+    server.await.unwrap().unwrap();
+}
+
+/// `--rpc infer`: KServe v2 ModelInfer with FP32 rows against the real server, all OK; and
+/// TorchServe, which has no KServe gRPC, is refused up front.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kserve_infer_against_the_real_server_is_all_ok() {
+    let (addr, stop, server) = real_server(|_| {}).await;
+    let report =
+        measure(&bench_args(addr, &["--rpc", "infer", "--model", "tiny_risk", "--rows", "3"]), false).await.unwrap();
+    assert_all_ok(&report);
+    assert!((report.rows_per_s - 3.0 * report.requests_per_s).abs() < 1e-6 * report.rows_per_s, "{report:?}");
+    let err = measure(&bench_args(addr, &["--rpc", "infer", "--target", "torchserve", "--features", "4"]), false)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("KServe"), "{err}");
     stop.cancel();
     server.await.unwrap().unwrap();
 }

@@ -49,6 +49,9 @@ pub enum BenchRpc {
     Predict,
     /// Texts: torchwire Sentiment, python ClassifyText, TorchServe's text handler.
     Sentiment,
+    /// Tabular rows as one FP32 tensor through KServe v2 `ModelInfer` (torchwire and the
+    /// python peer; raw_input_contents, as tritonclient sends them).
+    Infer,
 }
 
 /// Flags of `torchwire bench`.
@@ -466,15 +469,18 @@ fn normalise_addr(addr: &str) -> String {
 
 /// The request bodies for `args` and the model name they carry.
 async fn request_bodies(args: &BenchArgs, channel: &Channel) -> anyhow::Result<(Requests, String)> {
+    if args.rpc == BenchRpc::Infer && args.target == BenchTarget::Torchserve {
+        bail!("TorchServe does not speak KServe v2 gRPC; --rpc infer is for torchwire and python");
+    }
     let default_model = match args.rpc {
-        BenchRpc::Predict => "tabular",
+        BenchRpc::Predict | BenchRpc::Infer => "tabular",
         BenchRpc::Sentiment => "sentiment",
     };
     let model = match (&args.model, args.target) {
         (Some(m), _) => m.clone(),
         (None, BenchTarget::Python | BenchTarget::Torchserve) => default_model.to_owned(),
         (None, BenchTarget::Torchwire) => {
-            if args.rpc == BenchRpc::Predict && args.features.is_none() {
+            if args.rpc != BenchRpc::Sentiment && args.features.is_none() {
                 bail!(
                     "torchwire Predict needs --model (or --features, for a server without Admin such as bench-floor)"
                 );
@@ -540,6 +546,15 @@ async fn request_bodies(args: &BenchArgs, channel: &Channel) -> anyhow::Result<(
         }
         None => vec![workload::synthetic_rows(args.rows, width)],
     };
+    if args.rpc == BenchRpc::Infer {
+        // The python peer names its tabular input INPUT__0 (Triton's libtorch convention).
+        let name = match args.target {
+            BenchTarget::Torchwire if !input_name.is_empty() => input_name,
+            BenchTarget::Torchwire => "features".to_owned(),
+            _ => "INPUT__0".to_owned(),
+        };
+        return Ok((Requests::kserve_infer(&model, &name, &inner_shape, batches), model));
+    }
     let requests = match args.target {
         BenchTarget::Torchwire => Requests::torchwire_predict(&model, &input_name, &inner_shape, batches),
         BenchTarget::Python => Requests::python_predict(&model, batches)?,

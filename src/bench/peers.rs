@@ -125,6 +125,7 @@ const TORCHWIRE_PREDICT: &str = "/torchwire.v1.Inference/Predict";
 const TORCHWIRE_SENTIMENT: &str = "/torchwire.v1.Inference/Sentiment";
 const PYTHON_PREDICT: &str = "/serving.v1.Predictor/Predict";
 const PYTHON_CLASSIFY_TEXT: &str = "/serving.v1.Predictor/ClassifyText";
+const KSERVE_MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 const TORCHSERVE_PREDICTIONS: &str = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions";
 
 /// The request bodies of one run, every one carrying the same number of rows (or texts);
@@ -141,6 +142,8 @@ pub enum Requests {
     PythonText(Vec<PythonTextRequest>),
     /// TorchServe Predictions (tabular or text: the handler decides).
     TorchServe(Vec<PredictionsRequest>),
+    /// KServe v2 ModelInfer (torchwire or the python peer).
+    Infer(Vec<proto::kserve::ModelInferRequest>),
 }
 
 /// How one request ended: `"OK"`, a gRPC code name (`"Unavailable"`), or a label for an
@@ -165,6 +168,30 @@ impl Requests {
                         ..Default::default()
                     }],
                     ..Default::default()
+                })
+                .collect(),
+        )
+    }
+
+    /// KServe v2 ModelInfer bodies: one FP32 tensor `[rows, inner_shape…]` named `input`, its
+    /// values little-endian in `raw_input_contents`.
+    pub fn kserve_infer(model: &str, input: &str, inner_shape: &[i64], batches: Vec<Vec<Vec<f32>>>) -> Self {
+        Requests::Infer(
+            batches
+                .into_iter()
+                .map(|rows| {
+                    let raw: Vec<u8> = rows.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
+                    proto::kserve::ModelInferRequest {
+                        model_name: model.to_owned(),
+                        inputs: vec![proto::kserve::model_infer_request::InferInputTensor {
+                            name: input.to_owned(),
+                            datatype: "FP32".to_owned(),
+                            shape: std::iter::once(rows.len() as i64).chain(inner_shape.iter().copied()).collect(),
+                            ..Default::default()
+                        }],
+                        raw_input_contents: vec![raw.into()],
+                        ..Default::default()
+                    }
                 })
                 .collect(),
         )
@@ -265,6 +292,7 @@ impl Requests {
             Requests::PythonPredict(v) => v.len(),
             Requests::PythonText(v) => v.len(),
             Requests::TorchServe(v) => v.len(),
+            Requests::Infer(v) => v.len(),
         }
     }
 
@@ -302,6 +330,11 @@ impl Requests {
                     let r: PythonPredictResponse =
                         unary(grpc, pick(v, k)?, PYTHON_CLASSIFY_TEXT, timeout, auth).await?;
                     expect(r.rows as usize == rows && !r.probs.is_empty(), "short_answer")
+                }
+                Requests::Infer(v) => {
+                    let r: proto::kserve::ModelInferResponse =
+                        unary(grpc, pick(v, k)?, KSERVE_MODEL_INFER, timeout, auth).await?;
+                    expect(!r.outputs.is_empty() && !r.raw_output_contents.is_empty(), "empty_answer")
                 }
                 Requests::TorchServe(v) => {
                     let r: PredictionResponse = unary(grpc, pick(v, k)?, TORCHSERVE_PREDICTIONS, timeout, auth).await?;
