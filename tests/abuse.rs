@@ -11,24 +11,14 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{TestServer, fixtures_dir, frame, grpc_answer, grpc_request, h2_connect};
+use common::{TestServer, fixtures_dir, frame, grpc_answer, grpc_request, h2_connect, tensor_predict};
 use torchwire::config::Config;
-use torchwire::proto::{DataType, PredictRequest, Tensor};
+use torchwire::proto::PredictRequest;
 
 const PREDICT: &str = "/torchwire.v1.Inference/Predict";
 
 fn good() -> PredictRequest {
-    PredictRequest {
-        model: "tiny_risk".into(),
-        inputs: vec![Tensor {
-            name: "features".into(),
-            dtype: DataType::Float32 as i32,
-            shape: vec![1, 4],
-            float_data: vec![50.0, 27.0, 110.0, 125.0],
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+    tensor_predict("tiny_risk", &[vec![50.0, 27.0, 110.0, 125.0]])
 }
 
 /// Sends `body` as the whole request body on a fresh connection; returns (code, message).

@@ -13,13 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{TestServer, fixtures_dir};
+use common::{TestServer, fixtures_dir, tensor_predict};
 use tonic::{Code, Status};
 use torchwire::config::Config;
 use torchwire::model::fake::FakeFactory;
-use torchwire::proto::{
-    DataType, DeviceState, GetModelRequest, ListModelsRequest, ModelState, PredictRequest, PredictResponse, Tensor,
-};
+use torchwire::proto::{DeviceState, GetModelRequest, ListModelsRequest, ModelState, PredictRequest, PredictResponse};
 
 /// A fresh, empty model repository.
 fn fresh_repo() -> PathBuf {
@@ -74,29 +72,14 @@ fn expected() -> Expected {
     Expected { rows: matrix("rows"), probabilities }
 }
 
-fn request(model: &str, rows: &[Vec<f32>]) -> PredictRequest {
-    PredictRequest {
-        model: model.into(),
-        device: "cpu".into(),
-        inputs: vec![Tensor {
-            name: "features".into(),
-            dtype: DataType::Float32 as i32,
-            shape: vec![rows.len() as i64, 4],
-            float_data: rows.concat(),
-            ..Default::default()
-        }],
-        rows: vec![],
-    }
-}
-
 /// A request with `tiny_risk`'s expected rows.
 fn expected_request(model: &str) -> PredictRequest {
-    request(model, &expected().rows)
+    tensor_predict(model, &expected().rows)
 }
 
 /// One row, for the fake backend (whose answer is `[-sum, sum]`).
 fn one_row(model: &str, first: f32) -> PredictRequest {
-    request(model, &[vec![first, 1.0, 2.0, 3.0]])
+    tensor_predict(model, &[vec![first, 1.0, 2.0, 3.0]])
 }
 
 /// Asserts a real-backend answer to [`expected_request`] gives `expected.json`'s probabilities.
@@ -202,7 +185,8 @@ async fn a_model_that_raises_fails_that_request_only_and_is_not_reloaded() {
 
     // Same weights as tiny_risk: normal rows give expected.json's answer.
     assert_healthy(&server, "raises").await;
-    let status = server.inference().predict(request("raises", &[vec![50.0, 27.0, 5000.0, 125.0]])).await.unwrap_err();
+    let status =
+        server.inference().predict(tensor_predict("raises", &[vec![50.0, 27.0, 5000.0, 125.0]])).await.unwrap_err();
     assert_internal_without_paths(&status, "raises", &repo);
     assert!(status.message().contains("failed while running the request"), "{}", status.message());
     assert!(!status.message().contains("ValueError"), "no TorchScript trace: {}", status.message());

@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{TestServer, fixtures_dir};
+use common::{TestServer, fixtures_dir, tensor_predict};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
@@ -23,23 +23,13 @@ use torchwire::proto::admin_client::AdminClient;
 use torchwire::proto::inference_client::InferenceClient;
 use torchwire::proto::kserve::grpc_inference_service_client::GrpcInferenceServiceClient;
 use torchwire::proto::kserve::{RepositoryIndexRequest, ServerLiveRequest};
-use torchwire::proto::{DataType, ListModelsRequest, LoadModelRequest, PredictRequest, ResetStatsRequest, Tensor};
+use torchwire::proto::{ListModelsRequest, LoadModelRequest, PredictRequest, ResetStatsRequest};
 
 const API_KEY: &str = "api-key-0123456789abcdef";
 const ADMIN_KEY: &str = "admin-key-0123456789abcdef";
 
 fn predict() -> PredictRequest {
-    PredictRequest {
-        model: "tiny_risk".into(),
-        inputs: vec![Tensor {
-            name: "features".into(),
-            dtype: DataType::Float32 as i32,
-            shape: vec![1, 4],
-            float_data: vec![50.0, 27.0, 110.0, 125.0],
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+    tensor_predict("tiny_risk", &[vec![50.0, 27.0, 110.0, 125.0]])
 }
 
 /// A request carrying `authorization: Bearer <key>` when a key is given.

@@ -23,6 +23,22 @@ pub fn fixtures_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/fixtures")
 }
 
+/// A Predict for a model with `tiny_risk`'s input (`features`, float32 `[rows, 4]`).
+pub fn tensor_predict(model: &str, rows: &[Vec<f32>]) -> torchwire::proto::PredictRequest {
+    torchwire::proto::PredictRequest {
+        model: model.into(),
+        device: "cpu".into(),
+        inputs: vec![torchwire::proto::Tensor {
+            name: "features".into(),
+            dtype: torchwire::proto::DataType::Float32 as i32,
+            shape: vec![rows.len() as i64, 4],
+            float_data: rows.concat(),
+            ..Default::default()
+        }],
+        rows: vec![],
+    }
+}
+
 /// A running in-process server.
 pub struct TestServer {
     /// Where gRPC listens.
