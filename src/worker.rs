@@ -290,6 +290,9 @@ fn run_batch(
     let jobs = replies.len() as u64;
     counters.batches.fetch_add(1, Ordering::Relaxed);
     counters.completed.fetch_add(jobs, Ordering::Relaxed);
+    // No longer pending once computed: a client that scrapes the queue depth (or an eviction
+    // that checks idleness) right after its answer must not still see its own job.
+    counters.pending.fetch_sub(jobs, Ordering::AcqRel);
     match result {
         Ok((outputs, predictions, texts)) => {
             let parts = outputs.into_iter().zip(predictions).zip(texts);
@@ -316,7 +319,6 @@ fn run_batch(
             }
         }
     }
-    counters.pending.fetch_sub(jobs, Ordering::AcqRel);
     fault.map_or(Ok(()), Err)
 }
 
