@@ -21,13 +21,13 @@ setup-system:
 models: setup
 	$(PY) models/build.py
 
-build: setup setup-system
+build: setup
 	cargo build --release --locked
 
 run: models build
 	./target/release/torchwire serve --model-dir models --grpc-addr $(ADDR)
 
-lint: setup setup-system
+lint: setup
 	cargo fmt --check
 	cargo clippy --locked --all-targets -- -D warnings
 
@@ -43,7 +43,7 @@ test: lint setup-system
 # repetitions per point, about 10 minutes (at most 15). Installs the peers on first use. Writes
 # benches/results/<date>.{json,png} and the suite's tables in BENCHMARKS.md. Pins server and
 # client apart. `$(PY) benches/suite.py --quick` tries it out in about 2 minutes.
-bench: models build
+bench: models build setup-system
 	$(PY) benches/suite.py
 
 # The earlier, narrower benchmarks (see BENCHMARKS.md): batching / deadlines / overload,

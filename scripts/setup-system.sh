@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Owns the Debian packages the build and the test suite use: `prometheus` (for promtool and a
-# real Prometheus server in the observability tests), and fontconfig / freetype headers with
-# DejaVu fonts (plotters draws `torchwire bench-chart` text through font-kit, which links them).
+# real Prometheus server in the observability tests), and the DejaVu fonts `torchwire
+# bench-chart` draws its text with (read at run time; no font library is linked).
 # Idempotent: installs only what is missing, and does nothing when everything is there. Needs
 # root (CI and the dev machines run as root); otherwise says what to install.
 set -euo pipefail
@@ -9,7 +9,7 @@ missing=()
 if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
   missing+=(prometheus)
 fi
-for pkg in pkg-config libfontconfig1-dev libfreetype-dev fonts-dejavu-core; do
+for pkg in fonts-dejavu-core; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
     missing+=("$pkg")
   fi

@@ -4,8 +4,9 @@
 //! series of `[x, median, min, max]` points and optional horizontal limits) and draws the
 //! panels side by side with plotters' bitmap backend: log-2 x axis ticked at the x values
 //! present, a line with points and min–max error bars per series, dashed limits, a legend.
-//! Text goes through font-kit (fontconfig + freetype): a machine without fonts fails here with
-//! an error, not a blank chart. Owns no measuring: the numbers come from whoever ran the bench.
+//! Text is drawn with ab_glyph from a TrueType file read at run time (`TORCHWIRE_CHART_FONT`,
+//! else DejaVu Sans from Debian's fonts-dejavu-core), so the server binary links no font
+//! library; a machine without the font fails here with an error, not a blank chart. Owns no measuring: the numbers come from whoever ran the bench.
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +29,35 @@ pub struct ChartArgs {
     /// PNG file to write.
     #[arg(long)]
     pub out: PathBuf,
+}
+
+/// Where a sans-serif TrueType font is looked for, after `TORCHWIRE_CHART_FONT`.
+const FONT_PATHS: [&str; 2] =
+    ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/TTF/DejaVuSans.ttf"];
+
+/// Registers the chart font as plotters' `sans-serif`, once per process.
+fn load_font() -> anyhow::Result<()> {
+    static LOADED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    LOADED
+        .get_or_init(|| {
+            let candidates: Vec<PathBuf> = std::env::var_os("TORCHWIRE_CHART_FONT")
+                .map(PathBuf::from)
+                .into_iter()
+                .chain(FONT_PATHS.iter().map(PathBuf::from))
+                .collect();
+            let Some(path) = candidates.iter().find(|p| p.is_file()) else {
+                return Err(format!(
+                    "no TrueType font for the chart: install fonts-dejavu-core or set TORCHWIRE_CHART_FONT (looked at {candidates:?})"
+                ));
+            };
+            let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            // plotters keeps fonts for the life of the process.
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+                .map_err(|_| format!("{} is not a TrueType font", path.display()))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
 }
 
 /// The `"chart"` object of a results file.
@@ -106,6 +136,7 @@ const LIMIT_COLORS: [RGBColor; 3] = [RGBColor(90, 90, 90), RGBColor(160, 40, 120
 
 /// Draws `spec` into a PNG at `out`.
 pub fn render_chart(spec: &ChartSpec, out: &Path) -> anyhow::Result<()> {
+    load_font()?;
     if spec.panels.is_empty() {
         bail!("the chart has no panels");
     }
