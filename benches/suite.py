@@ -951,7 +951,6 @@ class Suite:
     def run(self) -> None:
         self.detect()
         self.tab_features = self.model_input(TAB_MODEL)[1]
-        self.machine()
         self.write_texts()
         self.log(f"plan: {', '.join(g for g in GROUPS if g in self.only)}; {self.reps} repetition(s) of "
                  f"{self.duration:g} s after {self.warmup:g} s warm-up; estimated {self.estimate_s() / 60:.1f} min")
@@ -964,6 +963,8 @@ class Suite:
                 for k in ("python", "torchserve", "torchserve-batch"):
                     if k in self.only:
                         self.error(k, f"peer setup failed: {e}")
+        # After the peers' set-up: on a fresh machine their versions exist only from here on.
+        self.machine()
         steps = [("raw", self.step_raw), ("floor", self.step_floor), ("torchwire", self.step_torchwire),
                  ("python", self.step_python), ("torchserve", self.step_torchserve),
                  ("torchserve-batch", lambda: self.step_torchserve(batch=True))]
