@@ -2,7 +2,8 @@
 //!
 //! A job carries its deadline and a oneshot reply. The worker checks both before compute: a job
 //! whose deadline passed answers DEADLINE_EXCEEDED, a job whose client went away (reply closed)
-//! is dropped, so no compute is spent on either.
+//! is dropped, so no compute is spent on either. Also how batches form ([`BatchPolicy`],
+//! [`Refill`]), and how payloads merge into one batch and split back.
 
 use std::time::{Duration, Instant};
 
@@ -90,6 +91,44 @@ pub struct BatchPolicy {
     pub max_rows: usize,
     /// How long the worker may wait for more jobs once it has one; zero = never wait.
     pub max_delay: Duration,
+}
+
+/// Longest a worker waits for a batch to refill (see [`Refill`]).
+pub const MAX_REFILL_WAIT: Duration = Duration::from_millis(5);
+
+/// Below this a refill wait is not attempted: no request crosses a network that fast, and a
+/// timed wait costs a system call (this keeps sub-millisecond tabular models out of it).
+const MIN_REFILL_WAIT: Duration = Duration::from_micros(50);
+
+/// The load the previous batch saw, so the next one can wait briefly for requests on their way.
+///
+/// Under steady load from N clients a batch's answers leave together and those clients' next
+/// requests arrive over the following fraction of a millisecond. A worker that starts its next
+/// forward pass on the first arrival runs a small batch while the rest queue for a whole pass,
+/// and the clients split into cohorts that never share a pass again. So the worker records the
+/// demand around each pass (its rows plus the jobs left queued behind it), and while a forming
+/// batch is smaller than that, waits for it to fill, up to a tenth of the previous pass (at
+/// most [`MAX_REFILL_WAIT`]). One client, or a falling load, makes the demand small and nothing
+/// waits; sub-millisecond models never wait. Combined with the manifest's `max_queue_delay_ms`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Refill {
+    demand: usize,
+    took: Duration,
+}
+
+impl Refill {
+    /// Remembers the pass that just ran: its rows plus the jobs queued behind it when it ended,
+    /// and how long it took.
+    pub fn record(&mut self, demand: usize, took: Duration) {
+        *self = Refill { demand, took };
+    }
+
+    /// Rows the next batch waits for (never more than `max_rows`), and for how long after its
+    /// first job arrived; `None` when it should not wait.
+    pub fn target(&self, max_rows: usize) -> Option<(usize, Duration)> {
+        let wait = (self.took / 10).min(MAX_REFILL_WAIT);
+        (self.demand > 1 && wait >= MIN_REFILL_WAIT).then(|| (self.demand.min(max_rows), wait))
+    }
 }
 
 /// Whether `b` can run in one forward pass with `a`: same kind, same input dtypes and
@@ -193,6 +232,20 @@ mod tests {
         assert!(compatible(&text(16), &text(16)));
         assert!(!compatible(&text(16), &text(32)));
         assert!(!compatible(&text(16), &t(1, &[0.0; 2])));
+    }
+
+    #[test]
+    fn a_batch_waits_to_refill_only_after_a_batched_pass_that_took_long_enough() {
+        let mut r = Refill::default();
+        assert_eq!(r.target(8), None, "nothing ran yet");
+        r.record(1, Duration::from_millis(40));
+        assert_eq!(r.target(8), None, "one client: never wait");
+        r.record(16, Duration::from_millis(40));
+        assert_eq!(r.target(8), Some((8, Duration::from_millis(4))), "a tenth of the pass, at most max_rows");
+        r.record(6, Duration::from_secs(2));
+        assert_eq!(r.target(8), Some((6, MAX_REFILL_WAIT)));
+        r.record(8, Duration::from_micros(30));
+        assert_eq!(r.target(8), None, "a microsecond model never waits");
     }
 
     #[test]

@@ -12,7 +12,9 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crate::batch::{BatchPolicy, Job, JobOutput, Payload, Skip, check_live, compatible, merge, split, split_rows};
+use crate::batch::{
+    BatchPolicy, Job, JobOutput, Payload, Refill, Skip, check_live, compatible, merge, split, split_rows,
+};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -179,6 +181,7 @@ fn run_worker(
 ) -> std::result::Result<(), String> {
     // A job taken from the queue that did not fit the batch being formed opens the next one.
     let mut carry: Option<Job> = None;
+    let mut refill = Refill::default();
     loop {
         let first = match carry.take() {
             Some(job) => job,
@@ -190,10 +193,14 @@ fn run_worker(
         let Some(first) = keep_live(first, counters, labels) else { continue };
         let mut rows = first.rows;
         let mut batch = vec![first];
-        let wait_until = Instant::now() + policy.max_delay;
+        let opened = Instant::now();
+        let wait_until = opened + policy.max_delay;
+        let (refill_rows, refill_until) =
+            refill.target(policy.max_rows).map_or((0, opened), |(rows, wait)| (rows, opened + wait));
         while rows < policy.max_rows {
             let now = Instant::now();
-            let next = if now >= wait_until { rx.try_recv().ok() } else { rx.recv_timeout(wait_until - now).ok() };
+            let until = if rows < refill_rows { wait_until.max(refill_until) } else { wait_until };
+            let next = if now >= until { rx.try_recv().ok() } else { rx.recv_timeout(until - now).ok() };
             let Some(job) = next else { break };
             let Some(job) = keep_live(job, counters, labels) else { continue };
             if rows + job.rows > policy.max_rows || !compatible(&batch[0].payload, &job.payload) {
@@ -203,7 +210,12 @@ fn run_worker(
             rows += job.rows;
             batch.push(job);
         }
+        let started = Instant::now();
         run_batch(spec, backend.as_mut(), encoder.as_mut(), batch, rows, counters, labels)?;
+        // Jobs still counted as pending are the ones queued behind this batch (its own were
+        // counted off before the replies left).
+        let queued = usize::try_from(counters.pending.load(Ordering::Acquire)).unwrap_or(usize::MAX);
+        refill.record(rows.saturating_add(queued), started.elapsed());
     }
 }
 

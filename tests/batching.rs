@@ -61,6 +61,42 @@ async fn concurrent_requests_share_forward_passes_and_each_gets_its_own_rows() {
     assert!(forwards.load(Ordering::SeqCst) - forwards_before < 16, "fewer forward passes than requests");
 }
 
+/// Eight clients in a closed loop: each batch's eight answers leave together and the eight next
+/// requests arrive over the next moments. The worker waits briefly for the batch to refill
+/// instead of starting a pass on the first arrival, so batches stay full rather than
+/// alternating between one request and seven.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_loop_of_clients_keeps_its_batches_full() {
+    let factory = FakeFactory { forward_delay: Duration::from_millis(50), ..FakeFactory::default() };
+    let server = TestServer::start_with(Config::for_tests(fixtures_dir()), Arc::new(factory)).await;
+    server.inference().predict(one_row(0.5)).await.unwrap();
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            let mut c = server.inference();
+            tokio::spawn(async move {
+                let mut sizes = Vec::new();
+                for round in 0..12 {
+                    let resp = c.predict(one_row(i as f32)).await.unwrap().into_inner();
+                    // The first rounds start the loop; from then on the load is steady.
+                    if round >= 3 {
+                        sizes.push(resp.timing.unwrap().batch_size);
+                    }
+                }
+                sizes
+            })
+        })
+        .collect();
+    let mut sizes = Vec::new();
+    for c in clients {
+        sizes.extend(c.await.unwrap());
+    }
+    // Forward passes in the steady rounds: a batch of s requests contributes s times 1/s. Kept
+    // together, the eight clients need one pass per round; split into two cohorts, two.
+    let passes: f64 = sizes.iter().map(|&s| 1.0 / f64::from(s)).sum();
+    let rounds = 9.0;
+    assert!(passes <= 1.5 * rounds, "{passes:.1} passes for {rounds} rounds of 8 clients; batch sizes {sizes:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_resource_exhausted_at_once() {
     let factory = FakeFactory { forward_delay: Duration::from_millis(300), ..FakeFactory::default() };
