@@ -82,7 +82,7 @@ pub struct ServeArgs {
     #[arg(long, env = "TORCHWIRE_MAX_TIMEOUT_MS", default_value_t = 300_000)]
     pub max_timeout_ms: u64,
     /// Requests each (model, device) queue holds; past it, RESOURCE_EXHAUSTED at once.
-    /// 0 = sixteen batches' worth of the model's largest batch on that device (CPU 128, GPU 512),
+    /// 0 = sixteen batches' worth of the model's largest batch on that device (CPU 256, GPU 512),
     /// so 64 closed-loop clients on one model queue rather than being refused.
     #[arg(long, env = "TORCHWIRE_QUEUE_CAPACITY", default_value_t = 0)]
     pub queue_capacity: usize,
@@ -115,7 +115,7 @@ pub struct ServeArgs {
     #[arg(long, env = "TORCHWIRE_CPU_ONLY")]
     pub cpu_only: bool,
     /// Largest batch, in rows or texts, for every model on every device (1 = batching off);
-    /// 0 = each model's manifest, else the device default (CPU 8, GPU 32).
+    /// 0 = each model's manifest, else the device default (CPU 16, GPU 32).
     #[arg(long, env = "TORCHWIRE_MAX_BATCH_SIZE", default_value_t = 0)]
     pub max_batch_size: usize,
     /// Most (model, device) pairs resident at once; a new load past it evicts the least

@@ -35,7 +35,7 @@ impl Device {
     /// Default largest batch, in rows, on this device kind (a manifest may set its own).
     pub fn default_max_batch_size(self) -> usize {
         match self {
-            Device::Cpu => 8,
+            Device::Cpu => 16,
             Device::Cuda(_) => 32,
         }
     }

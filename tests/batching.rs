@@ -52,7 +52,7 @@ async fn concurrent_requests_share_forward_passes_and_each_gets_its_own_rows() {
         assert_eq!(resp.outputs[0].shape, vec![1, 2]);
         assert_eq!(resp.outputs[0].float_data, vec![-(i as f32), i as f32], "request {i} got its own row back");
         let size = resp.timing.unwrap().batch_size;
-        assert!(size <= 8, "CPU default max batch is 8, got {size}");
+        assert!(size <= 16, "CPU default max batch is 16, got {size}");
         if size > 1 {
             batched += 1;
         }

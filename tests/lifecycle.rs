@@ -126,7 +126,7 @@ async fn unload_frees_the_model_and_the_next_request_loads_it_again() {
         .into_inner();
     assert_eq!(info.devices[0].state, ModelState::Ready as i32);
     let settings = info.devices[0].settings.clone().unwrap();
-    assert_eq!((settings.max_batch_size, settings.precision.as_str()), (8, "fp32"));
+    assert_eq!((settings.max_batch_size, settings.precision.as_str()), (16, "fp32"));
     let info =
         admin.unload_model(UnloadModelRequest { model: "a".into(), device: String::new() }).await.unwrap().into_inner();
     assert_eq!(info.devices[0].state, ModelState::Unloaded as i32);

@@ -79,7 +79,7 @@ def test_model_metadata_and_config(server):
     assert md["inputs"] == [{"name": "features", "datatype": "FP32", "shape": ["-1", "4"]}]
     assert md["outputs"][0]["name"] == "output_0"
     cfg = c.get_model_config("tiny_risk", as_json=True)["config"]
-    assert cfg["platform"] == "pytorch_libtorch" and cfg["max_batch_size"] == 8
+    assert cfg["platform"] == "pytorch_libtorch" and cfg["max_batch_size"] == 16
     assert cfg["input"][0]["dims"] == ["4"] and cfg["input"][0]["data_type"] == "TYPE_FP32"
     text = c.get_model_metadata("tiny_bert", as_json=True)
     assert text["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": ["-1", "1"]}]
