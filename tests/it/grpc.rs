@@ -3,12 +3,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TestServer, fixtures_dir};
+use crate::common::{TestServer, fixtures_dir};
 use tonic::Code;
 use torchwire::config::Config;
 use torchwire::model::fake::FakeFactory;

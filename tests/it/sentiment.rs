@@ -4,11 +4,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{TestServer, fixtures_dir};
+use crate::common::{TestServer, fixtures_dir};
 use tonic::Code;
 use torchwire::config::Config;
 use torchwire::model::manifest::Repository;

@@ -6,12 +6,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{TestServer, fixtures_dir, frame, grpc_answer, grpc_request, h2_connect, tensor_predict};
+use crate::common::{TestServer, fixtures_dir, frame, grpc_answer, grpc_request, h2_connect, tensor_predict};
 use torchwire::config::Config;
 use torchwire::proto::PredictRequest;
 

@@ -6,12 +6,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{TestServer, fixtures_dir, frame, grpc_request, grpc_status, h2_connect};
+use crate::common::{TestServer, fixtures_dir, frame, grpc_request, grpc_status, h2_connect};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 use torchwire::config::Config;

@@ -3,11 +3,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
 
 use std::process::{Command, Stdio};
 
-use common::{TestServer, fixtures_dir};
+use crate::common::{TestServer, fixtures_dir};
 use torchwire::config::Config;
 use torchwire::proto::{DataType, PredictRequest, ResetStatsRequest, StatsRequest, Tensor};
 

@@ -6,14 +6,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{TestServer, fixtures_dir, tensor_predict};
+use crate::common::{TestServer, fixtures_dir, tensor_predict};
 use tonic::{Code, Status};
 use torchwire::config::Config;
 use torchwire::model::fake::FakeFactory;
@@ -47,7 +46,7 @@ fn tiny_risk() -> PathBuf {
 }
 
 fn tiny_raises() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_raises")
+    fixtures_dir().join("faulty/tiny_raises")
 }
 
 /// `tiny_risk/expected.json`: input rows and, per row, label -> probability.

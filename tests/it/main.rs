@@ -1,0 +1,16 @@
+//! The integration tests, linked as one test binary (one link instead of ten; modules share the
+//! harness in `common`). Each module starts the real server in-process on ephemeral ports,
+//! except `e2e`, which drives the real `torchwire` binary. The test that measures this
+//! process's memory lives in `tests/rss.rs`, its own binary, so other tests cannot move it.
+
+mod abuse;
+mod batching;
+mod common;
+mod e2e;
+mod faults;
+mod grpc;
+mod lifecycle;
+mod limits;
+mod observability;
+mod security;
+mod sentiment;
