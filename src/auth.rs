@@ -93,21 +93,23 @@ impl Keys {
     }
 
     /// Checks the `authorization` header of a call to `path`. Every configured key is compared
-    /// (no early exit), so timing says nothing about which one matched.
-    pub fn check(&self, path: &str, authorization: Option<&[u8]>) -> Result<(), Error> {
+    /// (no early exit), so timing says nothing about which one matched. Answers the
+    /// [`fingerprint`] of the key it verified, when the call needed one (the caller's identity
+    /// for rate limits); `None` when the call was open.
+    pub fn check(&self, path: &str, authorization: Option<&[u8]>) -> Result<Option<String>, Error> {
         // Without keys (the default) nothing is classified: this runs on every request.
         if !self.enabled() {
-            return Ok(());
+            return Ok(None);
         }
         let access = classify(path);
         if access == Access::Open {
-            return Ok(());
+            return Ok(None);
         }
         let needs_admin = access == Access::Admin && !self.admin.is_empty();
         let inference_open = self.api.is_empty();
         if !needs_admin && inference_open {
             // Only admin keys are set and this is an inference call.
-            return Ok(());
+            return Ok(None);
         }
         let token = match authorization {
             None => return Err(Error::Unauthenticated { reason: "missing `authorization: Bearer <key>` metadata" }),
@@ -119,7 +121,7 @@ impl Keys {
         let is_admin = any_matches(&self.admin, token);
         let is_api = any_matches(&self.api, token);
         match (needs_admin, is_admin, is_api) {
-            (_, true, _) | (false, false, true) => Ok(()),
+            (_, true, _) | (false, false, true) => Ok(Some(fingerprint(token))),
             (true, false, true) => Err(Error::PermissionDenied { rpc: path_method(path) }),
             _ => Err(Error::Unauthenticated { reason: "the bearer key is not valid" }),
         }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::deadline::Deadline;
-use crate::error::Result;
+use crate::error::{Cause, Result};
 use crate::model::{HostTensor, Prediction};
 use crate::tokenize::TextInfo;
 
@@ -166,7 +166,7 @@ pub fn merge(payloads: Vec<Payload>) -> Payload {
 
 /// Splits a batch's outputs back into one set per job, by the jobs' row counts. Every output
 /// must have the batch as its first dimension, except when there is only one job.
-pub fn split(outputs: Vec<HostTensor>, rows: &[usize]) -> Result<Vec<Vec<HostTensor>>, String> {
+pub fn split(outputs: Vec<HostTensor>, rows: &[usize]) -> Result<Vec<Vec<HostTensor>>, Cause> {
     if rows.len() == 1 {
         return Ok(vec![outputs]);
     }
@@ -174,10 +174,10 @@ pub fn split(outputs: Vec<HostTensor>, rows: &[usize]) -> Result<Vec<Vec<HostTen
     let mut per_job: Vec<Vec<HostTensor>> = rows.iter().map(|_| Vec::with_capacity(outputs.len())).collect();
     for out in outputs {
         if out.shape.first().and_then(|d| usize::try_from(*d).ok()) != Some(total) || out.data.len() % total != 0 {
-            return Err(format!(
-                "output `{}` has shape {:?}; its first dimension must be the batch ({total}) to split it",
+            return Err(Cause::Output(format!(
+                "`{}` has shape {:?}; its first dimension must be the batch ({total}) to split it",
                 out.name, out.shape
-            ));
+            )));
         }
         let row_bytes = out.data.len() / total;
         let mut offset = 0;
@@ -252,6 +252,6 @@ mod tests {
     fn an_output_without_the_batch_dimension_cannot_be_split() {
         let odd = HostTensor::from_f32("y", vec![2], &[1.0, 2.0]);
         assert!(split(vec![odd.clone()], &[1]).is_ok(), "one job takes any output");
-        assert!(split(vec![odd], &[1, 2]).unwrap_err().contains("first dimension"));
+        assert!(split(vec![odd], &[1, 2]).unwrap_err().to_string().contains("first dimension"));
     }
 }

@@ -4,6 +4,10 @@
 //! the request. `Display` is the client-facing message: it never contains a file path or a
 //! libtorch trace. Those live in the `detail` fields, which only the server log sees (through
 //! `Debug`). `code_label()` gives stable, low-cardinality labels for metrics.
+//!
+//! Below the boundary, what went wrong inside a model (a libtorch error, a CUDA fault, a
+//! tokenizer error, a panic) is a [`Cause`]: typed, so the worker can tell a CUDA fault from a
+//! bad input by its variant, and logged in full, never shown to a client.
 
 use tonic::{Code, Status};
 
@@ -52,12 +56,6 @@ pub enum Error {
         /// What is wrong and what would be right.
         reason: String,
     },
-    /// The RPC exists in the API but is not served by this build yet.
-    #[error("{rpc} is not implemented by this server yet")]
-    Unimplemented {
-        /// The RPC name.
-        rpc: &'static str,
-    },
     /// The model's queue is full; the request was not admitted.
     #[error("model `{model}` on {device} is at capacity ({capacity} queued requests); retry later")]
     QueueFull {
@@ -100,26 +98,32 @@ pub enum Error {
         /// The RPC path.
         rpc: String,
     },
+    /// A request message larger than `--max-message-bytes` (answered by the transport).
+    #[error("the request message is larger than this server's limit of {limit} bytes (--max-message-bytes)")]
+    MessageTooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
     /// The server is shutting down and takes no new work.
     #[error("server is shutting down")]
     ShuttingDown,
-    /// The model could not be loaded; `detail` (log only) says why.
+    /// The model could not be loaded; `cause` (log only) says why.
     #[error("model `{model}` failed to load on {device}; the server log has the reason")]
     ModelLoad {
         /// Model name.
         model: String,
         /// Device name.
         device: String,
-        /// Full reason, for the log only.
-        detail: String,
+        /// Full reason, for the log only (shared: every waiter of one load gets it).
+        cause: std::sync::Arc<Cause>,
     },
-    /// The forward pass failed; `detail` (log only) says why.
+    /// The forward pass failed; `cause` (log only) says why.
     #[error("model `{model}` failed while running the request; the server log has the reason")]
     Forward {
         /// Model name.
         model: String,
-        /// Full reason, for the log only.
-        detail: String,
+        /// Full reason, for the log only (shared by every job of the failed batch).
+        cause: std::sync::Arc<Cause>,
     },
     /// A server-side invariant broke; `detail` (log only) says which.
     #[error("internal error; the server log has the reason")]
@@ -127,6 +131,73 @@ pub enum Error {
         /// Full reason, for the log only.
         detail: String,
     },
+}
+
+/// What went wrong inside a model or its worker: the detail behind an INTERNAL answer (or a
+/// FAILED model state), for the log and for operators, never for a client of Predict.
+#[derive(Debug, thiserror::Error)]
+pub enum Cause {
+    /// libtorch refused an operation.
+    #[error("libtorch: {0}")]
+    Torch(tch::TchError),
+    /// A CUDA error: the device context can no longer be trusted; the worker stops and the
+    /// model is reloaded on the next request.
+    #[error("CUDA fault: {0}")]
+    Cuda(tch::TchError),
+    /// A backend declared its state untrustworthy (see [`crate::model::WorkerFault`]).
+    #[error("worker fault: {0}")]
+    WorkerFault(String),
+    /// The tokenizer could not be loaded or could not encode.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// The model returned something other than tensors, or tensors of a shape that cannot be
+    /// split back into the batch's requests.
+    #[error("model output: {0}")]
+    Output(String),
+    /// The model or tokenizer code panicked.
+    #[error("panicked: {0}")]
+    Panic(String),
+    /// The model is larger than the whole memory budget.
+    #[error(
+        "the model needs {needed} bytes of parameters and buffers, more than the whole model memory budget of {budget} bytes"
+    )]
+    OverBudget {
+        /// Parameter and buffer bytes of the model.
+        needed: u64,
+        /// `--memory-budget-bytes`.
+        budget: u64,
+    },
+    /// The worker thread could not be started.
+    #[error("spawning the worker thread: {0}")]
+    Spawn(std::io::Error),
+    /// The load ended without reporting an outcome (its thread died).
+    #[error("the load thread ended without reporting an outcome")]
+    Vanished,
+    /// A failed load is remembered until the back-off passes.
+    #[error("load failed recently ({0}); retry after the back-off")]
+    RecentFailure(String),
+    /// A forward pass was asked of a worker that has stopped.
+    #[error("the worker has stopped")]
+    WorkerStopped,
+}
+
+impl Cause {
+    /// A panic payload as a cause: a [`crate::model::WorkerFault`] stays one.
+    pub fn from_panic(payload: &(dyn std::any::Any + Send)) -> Self {
+        if let Some(crate::model::WorkerFault(reason)) = payload.downcast_ref::<crate::model::WorkerFault>() {
+            return Cause::WorkerFault(reason.clone());
+        }
+        let what = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()));
+        Cause::Panic(what.unwrap_or_else(|| "a non-string payload".to_owned()))
+    }
+
+    /// Whether the worker that met this cause must stop (its model is reloaded afresh).
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Cause::Cuda(_) | Cause::WorkerFault(_))
+    }
 }
 
 /// Shorthand for the request path's results.
@@ -152,10 +223,10 @@ impl Error {
             | Error::InvalidInput { .. } => Code::InvalidArgument,
             Error::ModelNotFound { .. } | Error::NoTextModel => Code::NotFound,
             Error::DeviceUnavailable { .. } => Code::FailedPrecondition,
-            Error::Unimplemented { .. } => Code::Unimplemented,
-            Error::QueueFull { .. } | Error::InflightLimit { .. } | Error::RateLimited { .. } => {
-                Code::ResourceExhausted
-            }
+            Error::QueueFull { .. }
+            | Error::InflightLimit { .. }
+            | Error::RateLimited { .. }
+            | Error::MessageTooLarge { .. } => Code::ResourceExhausted,
             Error::DeadlineExceeded { .. } => Code::DeadlineExceeded,
             Error::ShuttingDown => Code::Unavailable,
             Error::Unauthenticated { .. } => Code::Unauthenticated,
@@ -174,10 +245,10 @@ impl Error {
             Error::InvalidDevice { .. } => "invalid_device",
             Error::DeviceUnavailable { .. } => "device_unavailable",
             Error::InvalidInput { .. } => "invalid_input",
-            Error::Unimplemented { .. } => "unimplemented",
             Error::QueueFull { .. } => "queue_full",
             Error::InflightLimit { .. } => "inflight_limit",
             Error::RateLimited { .. } => "rate_limited",
+            Error::MessageTooLarge { .. } => "message_too_large",
             Error::DeadlineExceeded { .. } => "deadline_exceeded",
             Error::ShuttingDown => "shutting_down",
             Error::Unauthenticated { .. } => "unauthenticated",
@@ -222,16 +293,16 @@ mod tests {
             (Error::InvalidDevice { device: s() }, Code::InvalidArgument),
             (Error::DeviceUnavailable { device: s(), available: s() }, Code::FailedPrecondition),
             (Error::invalid("f", "r"), Code::InvalidArgument),
-            (Error::Unimplemented { rpc: "Stats" }, Code::Unimplemented),
             (Error::QueueFull { model: s(), device: s(), capacity: 1 }, Code::ResourceExhausted),
             (Error::InflightLimit { model: s(), limit: 1 }, Code::ResourceExhausted),
             (Error::RateLimited { retry_after_ms: 5 }, Code::ResourceExhausted),
+            (Error::MessageTooLarge { limit: 5 }, Code::ResourceExhausted),
             (Error::DeadlineExceeded { stage: "queued" }, Code::DeadlineExceeded),
             (Error::ShuttingDown, Code::Unavailable),
             (Error::Unauthenticated { reason: "r" }, Code::Unauthenticated),
             (Error::PermissionDenied { rpc: s() }, Code::PermissionDenied),
-            (Error::ModelLoad { model: s(), device: s(), detail: s() }, Code::Internal),
-            (Error::Forward { model: s(), detail: s() }, Code::Internal),
+            (Error::ModelLoad { model: s(), device: s(), cause: Cause::Vanished.into() }, Code::Internal),
+            (Error::Forward { model: s(), cause: Cause::WorkerStopped.into() }, Code::Internal),
             (Error::internal("x"), Code::Internal),
         ];
         for (err, code) in table {
@@ -246,7 +317,7 @@ mod tests {
         let err = Error::ModelLoad {
             model: "m".into(),
             device: "cpu".into(),
-            detail: "open /secret/path/model.pt: no such file".into(),
+            cause: Cause::Tokenizer("open /secret/path/tokenizer.json: no such file".into()).into(),
         };
         let status = Status::from(err);
         assert!(!status.message().contains("/secret"), "{}", status.message());

@@ -9,6 +9,12 @@
 //! relies on. Each target runs for `TORCHWIRE_FUZZ_SECS` seconds (default 3), prints how many
 //! cases it ran, and on failure reports proptest's minimal failing input.
 //!
+//! Seeds: every round of a target is seeded from `TORCHWIRE_FUZZ_SEED` (a hex number; default a
+//! fixed one, so CI runs the same cases every time; `random` explores) and the round's index.
+//! A failure prints the round's seed and appends it to `src/fuzz/regressions.txt`; listed
+//! seeds are replayed first on every run, so a failure seen once replays until it is fixed
+//! (see the README, "Fuzzing").
+//!
 //! Lives inside the crate (test-only) so it can reach crate-private functions; it changes
 //! nothing outside tests. The input strategies are in `fuzz/inputs.rs`.
 
@@ -20,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 use prost::Message;
 
 use crate::batch::Payload;
@@ -28,8 +34,8 @@ use crate::deadline::parse_grpc_timeout;
 use crate::model::manifest::{ModelKind, Repository, parse_manifest};
 use crate::model::{DType, HostTensor, InputSpec, ModelSpec};
 use crate::proto::{self, kserve as ks};
-use crate::service::kserve::infer_inputs;
-use crate::validate::{Limits, predict_inputs, sentiment_inputs};
+use crate::request::InferRequest;
+use crate::validate::{Limits, payload};
 
 mod inputs;
 use inputs::{
@@ -53,33 +59,84 @@ fn fuzz_secs() -> f64 {
         .unwrap_or(3.0)
 }
 
-/// Runs `check` on values of `strategy` until the time box is spent. `check` returns how many
+/// The base seed: `TORCHWIRE_FUZZ_SEED` (hex), `random` for a fresh one, else a fixed one.
+fn base_seed() -> u64 {
+    match std::env::var("TORCHWIRE_FUZZ_SEED").ok().as_deref() {
+        None | Some("") => 0x7457_6972_6546_757a,
+        Some("random") => {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+        }
+        Some(hex) => u64::from_str_radix(hex.trim_start_matches("0x"), 16).expect("TORCHWIRE_FUZZ_SEED is hex"),
+    }
+}
+
+/// Failures seen before: `<target> <round seed in hex>` per line.
+fn regressions_file() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src/fuzz/regressions.txt")
+}
+
+fn regressions(target: &str) -> Vec<u64> {
+    let text = std::fs::read_to_string(regressions_file()).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(t, _)| *t == target)
+        .filter_map(|(_, seed)| u64::from_str_radix(seed.trim(), 16).ok())
+        .collect()
+}
+
+fn round_rng(seed: u64) -> TestRng {
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    bytes[8..16].copy_from_slice(&seed.rotate_left(29).to_le_bytes());
+    TestRng::from_seed(RngAlgorithm::ChaCha, &bytes)
+}
+
+/// Runs `check` on values of `strategy`: first every persisted regression seed of `target`,
+/// then rounds seeded from the base seed until the time box is spent. `check` returns how many
 /// validations accepted the input (printed, to show the deep paths are reached). A panic or a
-/// failed check fails the test with proptest's shrunk, minimal input.
+/// failed check fails the test with proptest's shrunk, minimal input and the round's seed.
 fn fuzz<S: Strategy>(target: &str, strategy: S, check: impl Fn(S::Value) -> Result<u64, TestCaseError>)
 where
     S::Value: Debug,
 {
     let budget = Duration::from_secs_f64(fuzz_secs());
     let config = Config { cases: 64, failure_persistence: None, ..Config::default() };
-    // A runner stops after `cases` successes, so each round gets a fresh one, seeded from this.
-    let mut seeds = TestRunner::new(config.clone());
+    let base = base_seed();
     let (cases, accepted) = (Cell::new(0u64), Cell::new(0u64));
     let started = Instant::now();
-    while started.elapsed() < budget {
-        let mut runner = TestRunner::new_with_rng(config.clone(), seeds.new_rng());
+    let replays = regressions(target);
+    let rounds = replays.iter().copied().map(Some).chain(std::iter::repeat(None));
+    let mut round = 0u64;
+    for replay in rounds {
+        if replay.is_none() && started.elapsed() >= budget {
+            break;
+        }
+        // A runner stops after `cases` successes, so each round gets a fresh one.
+        let seed = replay.unwrap_or_else(|| base ^ round.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        round += u64::from(replay.is_none());
+        let mut runner = TestRunner::new_with_rng(config.clone(), round_rng(seed));
         let outcome = runner.run(&strategy, |v| {
             cases.set(cases.get() + 1);
             accepted.set(accepted.get() + check(v)?);
             Ok(())
         });
         if let Err(e) = outcome {
-            panic!("fuzz {target}: {e}");
+            if replay.is_none() {
+                use std::io::Write as _;
+                let line = format!("{target} {seed:x}\n");
+                let file = std::fs::OpenOptions::new().create(true).append(true).open(regressions_file());
+                let _ = file.and_then(|mut f| f.write_all(line.as_bytes()));
+            }
+            panic!("fuzz {target}: round seed {seed:x} (recorded in src/fuzz/regressions.txt): {e}");
         }
     }
     let n = cases.get();
     let secs = started.elapsed().as_secs_f64();
-    eprintln!("fuzz {target}: {n} cases in {secs:.1} s ({} accepted)", accepted.get());
+    eprintln!(
+        "fuzz {target}: {n} cases in {secs:.1} s ({} accepted; base seed {base:x}, {} regression seeds replayed)",
+        accepted.get(),
+        replays.len()
+    );
     assert!(n > 0, "fuzz {target} ran no cases");
 }
 
@@ -131,10 +188,15 @@ fn check_tensors(spec: &ModelSpec, tensors: &[HostTensor], rows: usize) -> Resul
 /// Validates `req` against every spec; returns how many accepted it.
 fn check_predict(specs: &[Arc<ModelSpec>], req: &proto::PredictRequest) -> Result<u64, TestCaseError> {
     let mut accepted = 0;
+    let Ok(converted) = InferRequest::try_from(req.clone()) else { return Ok(0) };
     for spec in specs {
-        if let Ok(inputs) = predict_inputs(spec, req, LIMITS) {
-            check_tensors(spec, &inputs.tensors, inputs.rows)?;
-            accepted += 1;
+        match payload(spec, converted.inputs.clone(), 128, LIMITS) {
+            Ok((Payload::Tensors(tensors), rows)) => {
+                check_tensors(spec, &tensors, rows)?;
+                accepted += 1;
+            }
+            Ok((Payload::Texts { .. }, _)) => prop_assert!(false, "a Predict became texts"),
+            Err(_) => {}
         }
     }
     Ok(accepted)
@@ -167,17 +229,23 @@ fn sentiment() {
     );
     fuzz("sentiment", strategy, |(req, device_max)| {
         let Some(req) = req else { return Ok(0) };
+        let Ok(converted) = InferRequest::try_from(req.clone()) else { return Ok(0) };
         let mut accepted = 0;
         for spec in &specs {
-            let Ok(out) = sentiment_inputs(spec, req.clone(), device_max, LIMITS) else { continue };
+            let Ok((out, rows)) = payload(spec, converted.inputs.clone(), device_max, LIMITS) else { continue };
+            let Payload::Texts { texts, max_length } = out else {
+                prop_assert!(false, "a Sentiment request became tensors");
+                continue;
+            };
             let text = spec.text.as_ref().expect("only text models accept Sentiment");
             let sent = if req.text.is_empty() { req.texts.clone() } else { vec![req.text.clone()] };
-            prop_assert_eq!(&out.texts, &sent);
-            prop_assert!((1..=LIMITS.max_texts).contains(&out.texts.len()));
-            prop_assert!(out.texts.iter().all(|t| t.len() <= LIMITS.max_text_bytes));
-            prop_assert!(out.max_length <= text.max_length);
+            prop_assert_eq!(&texts, &sent);
+            prop_assert_eq!(rows, texts.len());
+            prop_assert!((1..=LIMITS.max_texts).contains(&texts.len()));
+            prop_assert!(texts.iter().all(|t| t.len() <= LIMITS.max_text_bytes));
+            prop_assert!(max_length <= text.max_length);
             if req.max_length > 0 {
-                prop_assert_eq!(out.max_length, req.max_length as usize);
+                prop_assert_eq!(max_length, req.max_length as usize);
             }
             accepted += 1;
         }
@@ -198,9 +266,10 @@ fn model_infer() {
     );
     fuzz("model_infer", strategy, |(req, text_length)| {
         let Some(req) = req else { return Ok(0) };
+        let Ok(converted) = InferRequest::try_from(req) else { return Ok(0) };
         let mut accepted = 0;
         for spec in &specs {
-            match infer_inputs(spec, &req, text_length, LIMITS) {
+            match payload(spec, converted.inputs.clone(), text_length, LIMITS) {
                 Ok((Payload::Tensors(tensors), rows)) => {
                     check_tensors(spec, &tensors, rows)?;
                     accepted += 1;

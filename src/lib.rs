@@ -1,30 +1,40 @@
-//! torchwire: a gRPC server for TorchScript models.
+//! torchwire: a gRPC model server for TorchScript models.
+//!
+//! One path from the socket to the model, whichever front door a call comes in by:
 //!
 //! ```text
-//! client ──gRPC──▶ transport   HTTP/2, TLS / mTLS, bearer keys (auth.rs), connection limits
-//!                  └▶ service/   proto ⇄ domain, deadline, logging at the boundary
-//!                     └▶ validate     shape, dtype, size, NaN → INVALID_ARGUMENT
-//!                        └▶ registry  DashMap<(model, device), slot>: lazy single-flight load
-//!                           └▶ worker  one OS thread per (model, device), bounded queue,
-//!                                      drop expired / cancelled jobs → forward (no_grad) → reply
+//! socket ─▶ transport.rs   HTTP/2 (hyper), TLS / mTLS, bearer keys (auth.rs), connection limits;
+//!    │                     decides each call's facts once: arrival, deadline, client, request id
+//!    ▼
+//! service/               front doors, converters only (proto ⇄ domain):
+//!    │  inference.rs       torchwire.v1 Predict / Sentiment / Stats   (torchwire_convert.rs)
+//!    │  kserve.rs          KServe v2 ModelInfer and metadata          (kserve_convert.rs)
+//!    │  admin.rs           Admin: models, load / unload, ResetStats
+//!    ▼
+//! boundary.rs            one span per call: admission (admission.rs), the deadline (deadline.rs),
+//!    │                   metrics (metrics.rs), Stats figures (stats.rs), the one log line
+//!    ▼
+//! infer.rs               the one inference path (request.rs: its domain types)
+//!    ├▶ validate.rs        domain inputs checked → the worker's payload (INVALID_ARGUMENT)
+//!    ├▶ registry.rs        (model, device) → slot: lazy single-flight load, eviction, unload
+//!    └▶ worker.rs          one OS thread per (model, device): bounded queue, dynamic batches
+//!       │                  (batch.rs), expired / cancelled jobs dropped, no_grad
+//!       ▼
+//!    model/              the Backend trait: TorchScript through libtorch (torch.rs), a fake
+//!                        for tests (fake.rs), manifests (manifest.rs); tokenize.rs for texts
 //! ```
 //!
-//! Seams for the work that follows (each lands in its own module):
-//! - lifecycle (eviction, load/unload, warm-up): `registry.rs` owns slot state; `worker.rs`
-//!   owns the thread and the model.
-//! - batching and admission: `batch.rs` (jobs, batching policy), `worker.rs` (the loop).
-//! - metrics: `metrics.rs` defines them; `service::boundary` is the one place every RPC passes
-//!   through; workers record queue / compute / batch; the registry records loads / evictions;
-//!   `http.rs` serves `/metrics`, `/healthz`, `/readyz`.
-//! - KServe v2: a second service in `service/` over the same `ModelRegistry`.
-//!
-//! No libtorch call runs on a tokio worker thread: models live on their worker threads, and
-//! device detection runs in `spawn_blocking`.
+//! Beside the path: `server.rs` composes it all and runs it until `shutdown.rs` says stop;
+//! `http.rs` serves `/metrics`, `/healthz`, `/readyz`; `cli.rs` / `config.rs` turn flags into a
+//! [`config::Config`]; `client.rs` holds the client commands; `error.rs` the one error enum
+//! and its mapping to gRPC codes. No libtorch call runs on a tokio worker thread: models live
+//! on their worker threads, and device detection runs in `spawn_blocking`.
 
 pub mod admission;
 pub mod auth;
 pub mod batch;
 pub mod bench;
+pub mod boundary;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -32,10 +42,12 @@ pub mod deadline;
 pub mod device;
 pub mod error;
 pub mod http;
+pub mod infer;
 pub mod metrics;
 pub mod model;
 pub mod proto;
 pub mod registry;
+pub mod request;
 pub mod server;
 pub mod service;
 pub mod shutdown;

@@ -3,7 +3,7 @@
 //! `_seconds`, `_bytes`); labels stay low-cardinality: a model name a client made up is
 //! labelled `_unknown`, never the raw string, and errors are labelled by kind, never by text.
 //!
-//! Recorded at the boundary (`service::boundary`), in the worker (queue, compute, batch) and in
+//! Recorded at the boundary (`boundary.rs`), in the worker (queue, compute, batch) and in
 //! the registry (loads, evictions, residency). Served as text by `http.rs`.
 
 use prometheus::{

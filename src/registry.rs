@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use crate::batch::BatchPolicy;
 use crate::device::{Device, Devices};
-use crate::error::{Error, Result};
+use crate::error::{Cause, Error, Result};
 use crate::metrics::Metrics;
 use crate::model::manifest::Repository;
 use crate::model::{ModelSpec, SharedFactory};
@@ -106,9 +106,16 @@ pub struct DeviceStatus {
     pub loads: u64,
     /// Evictions so far.
     pub evictions: u64,
-    /// Largest batch on this device.
+    /// What the model runs with on this device.
+    pub settings: Settings,
+}
+
+/// What requests run with on a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// Largest batch.
     pub max_batch_size: usize,
-    /// Default tokens per text on this device (text models).
+    /// Default tokens per text (0 for a model that takes no text).
     pub max_text_length: usize,
     /// libtorch intra-op threads of the worker.
     pub intra_op_threads: usize,
@@ -116,7 +123,7 @@ pub struct DeviceStatus {
     pub precision: &'static str,
 }
 
-type LoadOutcome = Option<std::result::Result<WorkerHandle, String>>;
+type LoadOutcome = Option<std::result::Result<WorkerHandle, Arc<Cause>>>;
 
 enum SlotState {
     Unloaded,
@@ -128,7 +135,7 @@ enum SlotState {
         memory_bytes: u64,
     },
     Failed {
-        reason: String,
+        cause: Arc<Cause>,
         at: Instant,
     },
 }
@@ -226,15 +233,15 @@ impl ModelRegistry {
                 // A worker that died (it never should) is replaced by a fresh load.
                 Some(SlotState::Ready { handle, .. }) if handle.is_alive() => return Ok(handle.clone()),
                 Some(SlotState::Loading(rx)) => rx.clone(),
-                Some(SlotState::Failed { at, .. }) if at.elapsed() < self.config.load_retry_backoff => {
-                    return Err(load_error(spec, device, "load failed recently; retry after the back-off"));
+                Some(SlotState::Failed { at, cause }) if at.elapsed() < self.config.load_retry_backoff => {
+                    return Err(load_error(spec, device, Arc::new(Cause::RecentFailure(cause.to_string()))));
                 }
                 _ => {
                     let (tx, rx) = watch::channel(None);
                     *state = Some(SlotState::Loading(rx.clone()));
                     drop(state);
                     self.make_room(&key);
-                    self.start_load(Arc::clone(spec), device, Arc::clone(&slot), tx)?;
+                    self.start_load(Arc::clone(spec), device, Arc::clone(&slot), tx);
                     rx
                 }
             }
@@ -242,39 +249,33 @@ impl ModelRegistry {
         let outcome = rx
             .wait_for(Option::is_some)
             .await
-            .map_err(|_| Error::internal(format!("load of {key:?} ended without an outcome")))?
+            .map_err(|_| load_error(spec, device, Arc::new(Cause::Vanished)))?
             .clone();
         match outcome {
             Some(Ok(handle)) => {
                 self.make_room(&key);
                 Ok(handle)
             }
-            Some(Err(reason)) => Err(load_error(spec, device, &reason)),
-            None => Err(Error::internal("load outcome missing")),
+            Some(Err(cause)) => Err(load_error(spec, device, cause)),
+            None => Err(load_error(spec, device, Arc::new(Cause::Vanished))),
         }
     }
 
-    fn start_load(
-        &self,
-        spec: Arc<ModelSpec>,
-        device: Device,
-        slot: Arc<Slot>,
-        tx: watch::Sender<LoadOutcome>,
-    ) -> Result<()> {
+    /// Starts the load; its outcome (a worker, or why not) lands in the slot and in `tx`
+    /// whatever happens to the thread: a panic, or a thread that could not be spawned, leaves
+    /// the slot `Failed` with the reason, never `Loading`.
+    fn start_load(&self, spec: Arc<ModelSpec>, device: Device, slot: Arc<Slot>, tx: watch::Sender<LoadOutcome>) {
         let started = Instant::now();
         let name = spec.name.clone();
         let metrics = Arc::clone(&self.metrics);
         let (spec_max_batch, spec_delay) = (spec.max_batch_size, spec.max_queue_delay);
         let budget = self.config.memory_budget_bytes;
-        let on_loaded = move |outcome: std::result::Result<Loaded, String>| {
+        let on_loaded = move |outcome: std::result::Result<Loaded, Cause>| {
             // A model larger than the whole memory budget is refused (its handle is dropped,
             // which ends the worker and frees the model) rather than evicting everything else.
             let outcome = outcome.and_then(|loaded| {
                 if budget > 0 && loaded.memory_bytes > budget {
-                    Err(format!(
-                        "the model needs {} bytes of parameters and buffers, more than the whole model memory budget of {budget} bytes",
-                        loaded.memory_bytes
-                    ))
+                    Err(Cause::OverBudget { needed: loaded.memory_bytes, budget })
                 } else {
                     Ok(loaded)
                 }
@@ -293,35 +294,31 @@ impl ModelRegistry {
                     *state = Some(SlotState::Ready { handle: handle.clone(), load_ms, memory_bytes });
                     tx.send_replace(Some(Ok(handle)));
                 }
-                Err(reason) => {
-                    tracing::error!(model = %name, %device, load_ms, %reason, "model failed to load");
+                Err(cause) => {
+                    tracing::error!(model = %name, %device, load_ms, cause = %cause, "model failed to load");
                     metrics.model_loads.with_label_values(&[&name, &device.label(), "error"]).inc();
-                    *state = Some(SlotState::Failed { reason: reason.clone(), at: Instant::now() });
-                    tx.send_replace(Some(Err(reason)));
+                    let cause = Arc::new(cause);
+                    *state = Some(SlotState::Failed { cause: Arc::clone(&cause), at: Instant::now() });
+                    tx.send_replace(Some(Err(cause)));
                 }
             }
         };
-        let join = spawn_worker(
-            spec,
-            device,
-            Arc::clone(&self.factory),
-            WorkerSettings {
-                threads: self.config.threads_per_worker,
-                capacity: match self.config.queue_capacity {
-                    0 => 16 * self.batch_size(spec_max_batch, device),
-                    n => n,
-                },
-                policy: BatchPolicy { max_rows: self.batch_size(spec_max_batch, device), max_delay: spec_delay },
-                warmup_runs: self.config.warmup_runs,
-                metrics: Arc::clone(&self.metrics),
+        let batch = self.batch_size(spec_max_batch, device);
+        let settings = WorkerSettings {
+            threads: self.config.threads_per_worker,
+            capacity: match self.config.queue_capacity {
+                0 => 16 * batch,
+                n => n,
             },
-            on_loaded,
-        )
-        .map_err(|e| Error::internal(format!("spawning worker thread: {e}")))?;
-        let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
-        threads.retain(|t| !t.is_finished());
-        threads.push(join);
-        Ok(())
+            policy: BatchPolicy { max_rows: batch, max_delay: spec_delay },
+            warmup_runs: self.config.warmup_runs,
+            metrics: Arc::clone(&self.metrics),
+        };
+        if let Some(join) = spawn_worker(spec, device, Arc::clone(&self.factory), settings, Box::new(on_loaded)) {
+            let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+            threads.retain(|t| !t.is_finished());
+            threads.push(join);
+        }
     }
 
     /// Default tokens per text on `device`: `--max-text-length`, else the device kind's default.
@@ -475,6 +472,21 @@ impl ModelRegistry {
             .unwrap_or(Device::Cpu))
     }
 
+    /// What a model runs with on `device`: the device kind's defaults, overridden by the
+    /// manifest (`spec`, when given) and then by the server's flags. GetModel and Stats both
+    /// read it here, so they always agree.
+    pub fn settings(&self, spec: Option<&ModelSpec>, device: Device) -> Settings {
+        Settings {
+            max_batch_size: self.batch_size(spec.and_then(|s| s.max_batch_size), device),
+            max_text_length: match spec {
+                Some(s) => s.text.as_ref().map_or(0, |t| self.text_length(device).min(t.max_length)),
+                None => self.text_length(device),
+            },
+            intra_op_threads: self.config.threads_per_worker,
+            precision: if device != Device::Cpu && spec.is_none_or(|s| s.fp16) { "fp16" } else { "fp32" },
+        }
+    }
+
     /// The state of `spec` on every device this server has.
     pub fn status(&self, spec: &ModelSpec) -> Vec<DeviceStatus> {
         self.devices
@@ -493,10 +505,7 @@ impl ModelRegistry {
                     pinned: spec.pin,
                     loads: 0,
                     evictions: 0,
-                    max_batch_size: self.batch_size(spec.max_batch_size, device),
-                    max_text_length: spec.text.as_ref().map_or(0, |t| self.text_length(device).min(t.max_length)),
-                    intra_op_threads: self.config.threads_per_worker,
-                    precision: if spec.fp16 && device != Device::Cpu { "fp16" } else { "fp32" },
+                    settings: self.settings(Some(spec), device),
                 };
                 if let Some(slot) = slot {
                     st.last_used_unix_ms = slot.last_used_unix_ms.load(Ordering::Relaxed);
@@ -511,9 +520,10 @@ impl ModelRegistry {
                             st.load_ms = *load_ms;
                             st.memory_bytes = *memory_bytes;
                         }
-                        Some(SlotState::Failed { reason, .. }) => {
+                        Some(SlotState::Failed { cause, .. }) => {
                             st.state = LoadState::Failed;
-                            st.error.clone_from(reason);
+                            // The first line: libtorch appends its C++ stack, which the log has.
+                            st.error = cause.to_string().lines().next().unwrap_or_default().to_owned();
                         }
                     }
                 }
@@ -549,8 +559,8 @@ struct Resident {
     memory_bytes: u64,
 }
 
-fn load_error(spec: &ModelSpec, device: Device, reason: &str) -> Error {
-    Error::ModelLoad { model: spec.name.clone(), device: device.to_string(), detail: reason.to_owned() }
+fn load_error(spec: &ModelSpec, device: Device, cause: Arc<Cause>) -> Error {
+    Error::ModelLoad { model: spec.name.clone(), device: device.to_string(), cause }
 }
 
 #[cfg(test)]
@@ -561,6 +571,10 @@ mod tests {
     use std::path::Path;
 
     fn registry(factory: FakeFactory) -> ModelRegistry {
+        registry_with(factory, RegistryConfig { queue_capacity: 4, ..RegistryConfig::for_tests() })
+    }
+
+    fn registry_with(factory: FakeFactory, config: RegistryConfig) -> ModelRegistry {
         let spec = parse_manifest(
             "m",
             Path::new("/nonexistent"),
@@ -571,9 +585,38 @@ mod tests {
             Repository::from_specs([spec]),
             Devices::cpu_only(),
             Arc::new(factory),
-            RegistryConfig { queue_capacity: 4, ..RegistryConfig::for_tests() },
+            config,
             Arc::new(Metrics::new()),
         )
+    }
+
+    /// A load whose thread panics (as tch's `set_eval` does on a libtorch error) leaves the slot
+    /// FAILED with the reason, frees its place, and is retried after the back-off; before the
+    /// fix the slot stayed LOADING for good and every request failed INTERNAL.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_load_that_panics_fails_the_slot_and_is_retried_after_the_back_off() {
+        let factory = FakeFactory { panic_on_load: true, ..FakeFactory::default() };
+        let loads = Arc::clone(&factory.loads);
+        let backoff = Duration::from_millis(200);
+        let config =
+            RegistryConfig { load_retry_backoff: backoff, max_loaded_models: 1, ..RegistryConfig::for_tests() };
+        let reg = registry_with(factory, config);
+        let spec = reg.spec("m").unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(10), reg.get_or_load(&spec, Device::Cpu))
+            .await
+            .expect("a panicking load must answer, not hang");
+        let Err(Error::ModelLoad { cause, .. }) = first else { panic!("expected ModelLoad, got {first:?}") };
+        assert!(matches!(*cause, Cause::Panic(_)), "{cause:?}");
+        let st = &reg.status(&spec)[0];
+        assert_eq!(st.state, LoadState::Failed);
+        assert!(st.error.contains("panicked"), "{}", st.error);
+        assert!(reg.resident_figures().is_empty(), "a failed load holds no place among the loaded models");
+        // Within the back-off: refused at once, no new load.
+        assert!(reg.get_or_load(&spec, Device::Cpu).await.is_err());
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(backoff + Duration::from_millis(50)).await;
+        assert!(reg.get_or_load(&spec, Device::Cpu).await.is_err());
+        assert_eq!(loads.load(Ordering::SeqCst), 2, "retried after the back-off");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

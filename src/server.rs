@@ -14,6 +14,7 @@ use tonic_health::server::HealthReporter;
 use crate::config::Config;
 use std::time::Duration;
 
+use crate::boundary::{AppState, SharedState};
 use crate::device::{Device, DeviceRequest, Devices};
 use crate::metrics::Metrics;
 use crate::model::ModelSpec;
@@ -27,7 +28,6 @@ use crate::registry::{ModelRegistry, RegistryConfig};
 use crate::service::admin::AdminService;
 use crate::service::inference::InferenceService;
 use crate::service::kserve::KserveService;
-use crate::service::{AppState, SharedState};
 use crate::transport::{self, TransportConfig};
 
 /// The sockets the server answers on, bound by the caller (tests bind port 0).
@@ -151,6 +151,11 @@ pub async fn run_with_factory(
         max_timeout: config.max_timeout,
         keys: Arc::new(config.keys.clone()),
         tls,
+        max_message_bytes: config.max_message_bytes,
+        refused: {
+            let state = Arc::clone(&state);
+            Arc::new(move |rpc, error, latency| state.record_refused(rpc, error, latency))
+        },
     };
     transport::serve(listener, routes.routes().prepare(), shutdown, transport, drain).await;
     tokio::task::spawn_blocking(move || registry.shutdown()).await.context("joining workers")?;

@@ -6,6 +6,7 @@
 //! memory stays flat however long the server runs. Recording takes one short mutex section.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -259,52 +260,123 @@ pub struct SystemSample {
     pub unix_ms: i64,
     /// Process resident memory.
     pub rss_bytes: u64,
-    /// System-wide CPU use, percent.
+    /// This process's CPU use since the previous sample, in percent of the CPUs it may use
+    /// (its cgroup's CPU quota when there is one, else the cores its affinity allows).
     pub cpu_percent: f32,
-    /// System-wide memory use, percent.
+    /// This process's resident memory, in percent of its cgroup's memory limit when there is
+    /// one, else of the machine's memory.
     pub memory_percent: f32,
     /// Threads in this process.
     pub threads: u32,
 }
 
-/// Samples the process and system; owns the memory history.
+/// Samples the process; owns the memory history.
 pub struct SystemSampler {
     sys: Mutex<sysinfo::System>,
     history: Mutex<VecDeque<SystemSample>>,
+    /// Process CPU milliseconds at the previous sample, and when it was taken.
+    last_cpu: Mutex<Option<(u64, Instant)>>,
+    /// What this process may use (read once: cgroup limits do not change under a process).
+    limits: ProcessLimits,
+    started: Instant,
 }
 
 impl Default for SystemSampler {
     fn default() -> Self {
-        SystemSampler { sys: Mutex::new(sysinfo::System::new()), history: Mutex::new(VecDeque::new()) }
+        SystemSampler {
+            sys: Mutex::new(sysinfo::System::new()),
+            history: Mutex::new(VecDeque::new()),
+            last_cpu: Mutex::new(None),
+            limits: ProcessLimits::read(Path::new("/")),
+            started: Instant::now(),
+        }
     }
+}
+
+/// The CPUs and memory this process may use: its cgroup's limits (v2 `cpu.max`,
+/// `memory.max`; v1 `cpu.cfs_quota_us`, `memory.limit_in_bytes`), else the cores its affinity
+/// allows and the machine's memory.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProcessLimits {
+    /// CPUs, possibly fractional (a quota of 150 ms per 100 ms is 1.5).
+    pub cpus: f64,
+    /// Bytes of memory; 0 = unknown.
+    pub memory_bytes: u64,
+}
+
+impl ProcessLimits {
+    /// Reads the limits under `root` (`/` in the server; a fixture folder in tests).
+    pub fn read(root: &Path) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as f64;
+        let read = |p: &str| std::fs::read_to_string(root.join(p)).ok();
+        let group = read("proc/self/cgroup")
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("0::").map(|g| g.trim_start_matches('/').to_owned())))
+            .unwrap_or_default();
+        let v2 = |file: &str| {
+            read(&format!("sys/fs/cgroup/{group}/{file}")).or_else(|| read(&format!("sys/fs/cgroup/{file}")))
+        };
+        let quota = v2("cpu.max").and_then(|s| parse_cpu_max(&s)).or_else(|| {
+            let q: i64 = read("sys/fs/cgroup/cpu/cpu.cfs_quota_us")?.trim().parse().ok()?;
+            let p: i64 = read("sys/fs/cgroup/cpu/cpu.cfs_period_us")?.trim().parse().ok()?;
+            (q > 0 && p > 0).then(|| q as f64 / p as f64)
+        });
+        let memory = v2("memory.max")
+            .or_else(|| read("sys/fs/cgroup/memory/memory.limit_in_bytes"))
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            // cgroup v1 says "no limit" with a huge number.
+            .filter(|m| *m < (1 << 60));
+        let machine = read("proc/meminfo")
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("MemTotal:").map(str::to_owned)))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024);
+        ProcessLimits {
+            cpus: quota.map_or(cores, |q| q.min(cores)),
+            memory_bytes: memory.map_or(machine, |m| if machine > 0 { m.min(machine) } else { m }),
+        }
+    }
+}
+
+/// `cpu.max`: `<quota> <period>` in microseconds, or `max <period>` for no quota.
+fn parse_cpu_max(s: &str) -> Option<f64> {
+    let mut parts = s.split_whitespace();
+    let quota: f64 = parts.next()?.parse().ok()?;
+    let period: f64 = parts.next()?.parse().ok()?;
+    (quota > 0.0 && period > 0.0).then_some(quota / period)
 }
 
 impl SystemSampler {
     /// Takes a sample now and appends it to the history. Blocking (reads /proc): call it from
     /// `spawn_blocking`.
     pub fn sample(&self) -> SystemSample {
-        use sysinfo::{MemoryRefreshKind, ProcessRefreshKind, ProcessesToUpdate};
+        use sysinfo::{ProcessRefreshKind, ProcessesToUpdate};
         let mut sys = self.sys.lock().unwrap_or_else(|p| p.into_inner());
-        sys.refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
-        sys.refresh_cpu_usage();
         let mut out = SystemSample {
             unix_ms: i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis())
                 .unwrap_or(0),
-            cpu_percent: sys.global_cpu_usage(),
-            memory_percent: if sys.total_memory() == 0 {
-                0.0
-            } else {
-                (sys.used_memory() as f64 * 100.0 / sys.total_memory() as f64) as f32
-            },
             ..SystemSample::default()
         };
         if let Ok(pid) = sysinfo::get_current_pid() {
             sys.refresh_processes_specifics(
                 ProcessesToUpdate::Some(&[pid]),
                 false,
-                ProcessRefreshKind::nothing().with_memory(),
+                ProcessRefreshKind::nothing().with_memory().with_cpu(),
             );
-            out.rss_bytes = sys.process(pid).map_or(0, sysinfo::Process::memory);
+            if let Some(p) = sys.process(pid) {
+                out.rss_bytes = p.memory();
+                let now = Instant::now();
+                let cpu_ms = p.accumulated_cpu_time();
+                let mut last = self.last_cpu.lock().unwrap_or_else(|p| p.into_inner());
+                let (prev_ms, since) = last.unwrap_or((0, self.started));
+                let wall_ms = now.duration_since(since).as_secs_f64() * 1000.0;
+                if wall_ms > 0.0 && self.limits.cpus > 0.0 {
+                    let used = cpu_ms.saturating_sub(prev_ms) as f64;
+                    out.cpu_percent = (used / wall_ms / self.limits.cpus * 100.0) as f32;
+                }
+                *last = Some((cpu_ms, now));
+            }
+        }
+        if self.limits.memory_bytes > 0 {
+            out.memory_percent = (out.rss_bytes as f64 * 100.0 / self.limits.memory_bytes as f64) as f32;
         }
         out.threads = std::fs::read_to_string("/proc/self/status")
             .ok()
@@ -317,6 +389,11 @@ impl SystemSampler {
         }
         h.push_back(out);
         out
+    }
+
+    /// The limits CPU % and memory % are relative to.
+    pub fn limits(&self) -> ProcessLimits {
+        self.limits
     }
 
     /// The recent samples, oldest first.
@@ -368,5 +445,64 @@ mod tests {
         s.reset();
         assert_eq!(s.snapshot(None).total, 0);
         assert!(s.snapshot(Some("other")).models.is_empty());
+    }
+
+    fn fake_root(files: &[(&str, &str)]) -> std::path::PathBuf {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let root = std::env::temp_dir().join(format!("torchwire-cgroup-{}-{n}", std::process::id()));
+        for (path, text) in files {
+            let p = root.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        root
+    }
+
+    #[test]
+    fn limits_come_from_the_process_cgroup_when_it_has_them() {
+        let meminfo = ("proc/meminfo", "MemTotal:       24000000 kB\nMemFree: 1 kB\n");
+        let v2 = fake_root(&[
+            ("proc/self/cgroup", "0::/kubepods/pod1\n"),
+            ("sys/fs/cgroup/kubepods/pod1/cpu.max", "50000 100000\n"),
+            ("sys/fs/cgroup/kubepods/pod1/memory.max", "536870912\n"),
+            meminfo,
+        ]);
+        assert_eq!(ProcessLimits::read(&v2), ProcessLimits { cpus: 0.5, memory_bytes: 512 << 20 });
+        let unlimited = fake_root(&[
+            ("proc/self/cgroup", "0::/\n"),
+            ("sys/fs/cgroup/cpu.max", "max 100000\n"),
+            ("sys/fs/cgroup/memory.max", "max\n"),
+            meminfo,
+        ]);
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as f64;
+        assert_eq!(ProcessLimits::read(&unlimited), ProcessLimits { cpus: cores, memory_bytes: 24_000_000 * 1024 });
+        let v1 = fake_root(&[
+            ("sys/fs/cgroup/cpu/cpu.cfs_quota_us", "25000\n"),
+            ("sys/fs/cgroup/cpu/cpu.cfs_period_us", "100000\n"),
+            ("sys/fs/cgroup/memory/memory.limit_in_bytes", "9223372036854771712\n"),
+            meminfo,
+        ]);
+        assert_eq!(ProcessLimits::read(&v1), ProcessLimits { cpus: 0.25, memory_bytes: 24_000_000 * 1024 });
+    }
+
+    /// Before the fix, Stats reported host-wide CPU and memory use; now the figures follow
+    /// this process: burning CPU on one thread shows, and memory % is RSS over the limit.
+    #[test]
+    fn cpu_and_memory_percent_are_this_process() {
+        let sampler = SystemSampler::default();
+        sampler.sample();
+        let t = Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        let s = sampler.sample();
+        let limits = sampler.limits();
+        // How much of the CPU the loop got depends on the machine's load; that it registers,
+        // and within the process's share, does not.
+        assert!(s.cpu_percent > 0.0 && s.cpu_percent <= 105.0, "{} %", s.cpu_percent);
+        let want = (s.rss_bytes as f64 * 100.0 / limits.memory_bytes as f64) as f32;
+        assert!((s.memory_percent - want).abs() < 1e-3, "{} vs {want}", s.memory_percent);
     }
 }

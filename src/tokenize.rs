@@ -9,6 +9,7 @@ use std::path::Path;
 
 use tokenizers::{Tokenizer, TruncationParams};
 
+use crate::error::Cause;
 use crate::model::{DType, HostTensor, InputSpec};
 
 /// What the client learns about each text's tokenisation.
@@ -28,18 +29,21 @@ pub struct TextEncoder {
 
 impl TextEncoder {
     /// Loads `tokenizer.json`. Padding in the file is switched off: batches pad themselves.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let mut tokenizer = Tokenizer::from_file(path).map_err(|e| format!("loading tokenizer: {e}"))?;
+    pub fn load(path: &Path) -> Result<Self, Cause> {
+        let mut tokenizer =
+            Tokenizer::from_file(path).map_err(|e| Cause::Tokenizer(format!("loading {}: {e}", path.display())))?;
         tokenizer.with_padding(None);
         let mut enc = TextEncoder { tokenizer, max_length: 0 };
         enc.set_max_length(128)?;
         Ok(enc)
     }
 
-    fn set_max_length(&mut self, max_length: usize) -> Result<(), String> {
+    fn set_max_length(&mut self, max_length: usize) -> Result<(), Cause> {
         if self.max_length != max_length {
             let params = TruncationParams { max_length, ..TruncationParams::default() };
-            self.tokenizer.with_truncation(Some(params)).map_err(|e| format!("setting truncation: {e}"))?;
+            self.tokenizer
+                .with_truncation(Some(params))
+                .map_err(|e| Cause::Tokenizer(format!("setting truncation: {e}")))?;
             self.max_length = max_length;
         }
         Ok(())
@@ -52,13 +56,13 @@ impl TextEncoder {
         texts: &[String],
         max_length: usize,
         inputs: &[InputSpec],
-    ) -> Result<(Vec<HostTensor>, Vec<TextInfo>), String> {
+    ) -> Result<(Vec<HostTensor>, Vec<TextInfo>), Cause> {
         self.set_max_length(max_length)?;
         let encodings = texts
             .iter()
             .map(|t| self.tokenizer.encode_fast(t.as_str(), true))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("tokenising: {e}"))?;
+            .map_err(|e| Cause::Tokenizer(format!("encoding: {e}")))?;
         let width = encodings.iter().map(tokenizers::Encoding::len).max().unwrap_or(0).max(1);
         let rows = texts.len();
         let infos = encodings
@@ -73,7 +77,9 @@ impl TextEncoder {
                     "attention_mask" => tokenizers::Encoding::get_attention_mask,
                     "token_type_ids" => tokenizers::Encoding::get_type_ids,
                     other => {
-                        return Err(format!("text models take input_ids, attention_mask, token_type_ids; not {other}"));
+                        return Err(Cause::Tokenizer(format!(
+                            "text models take input_ids, attention_mask, token_type_ids; not {other}"
+                        )));
                     }
                 };
                 let mut values = vec![0i64; rows * width];
@@ -84,7 +90,7 @@ impl TextEncoder {
                 }
                 Ok(int_tensor(&spec.name, spec.dtype, rows, width, &values))
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, Cause>>()?;
         Ok((tensors, infos))
     }
 }

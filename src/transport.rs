@@ -16,7 +16,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -39,16 +39,32 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How far past its deadline a call may run before the transport answers for it.
 const BACKSTOP: Duration = Duration::from_secs(1);
 
-/// What the transport knows of a call before any service sees it.
-#[derive(Debug, Clone, Copy)]
+/// The facts of a call the transport decides once, before any service sees it; the services
+/// read them into their [`crate::boundary::Call`].
+#[derive(Debug, Clone)]
 pub struct CallInfo {
     /// When the request headers arrived.
     pub arrived: Instant,
-    /// The client's `grpc-timeout`, when it sent a well-formed one.
-    pub grpc_timeout: Option<Duration>,
+    /// The client's `grpc-timeout` (else the default), capped, measured from arrival.
+    pub deadline: Deadline,
+    /// Who is calling: `key:<fingerprint>` of the key the transport verified, else
+    /// `ip:<peer address>`. Never an unverified header, so a client cannot pick its own bucket.
+    pub client: String,
+    /// The client's `x-request-id` (at most 128 visible characters), else one made here.
+    pub request_id: String,
     /// The client's address.
     pub peer: SocketAddr,
 }
+
+/// A request id for a call that brought none: `tw-<n>`, unique within this process.
+pub fn new_request_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!("tw-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// What the transport tells the application about calls it answers itself (a refused key, a
+/// message over the size limit), so they are counted like every other call.
+pub type RefusalSink = Arc<dyn Fn(&'static str, &Error, Duration) + Send + Sync>;
 
 /// Connection-level settings.
 #[derive(Clone)]
@@ -73,6 +89,10 @@ pub struct TransportConfig {
     pub keys: Arc<Keys>,
     /// TLS, when configured.
     pub tls: Option<TlsAcceptor>,
+    /// `--max-message-bytes`, named in the answer to a message over it.
+    pub max_message_bytes: usize,
+    /// Where calls the transport answers itself are reported.
+    pub refused: RefusalSink,
 }
 
 /// Serves `routes` on `listener` until `shutdown` fires, then runs `on_drain`, stops accepting,
@@ -251,23 +271,39 @@ where
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let arrived = Instant::now();
         let open = OpenRequest::new(&self.activity);
+        let rpc = crate::boundary::rpc_label(req.uri().path());
         let authorization = req.headers().get(http::header::AUTHORIZATION).map(http::HeaderValue::as_bytes);
-        if let Err(e) = self.config.keys.check(req.uri().path(), authorization) {
-            tracing::info!(peer = %self.peer, path = %crate::error::clip(req.uri().path(), 96), code = e.code_label(), "request refused: {e}");
-            return Box::pin(async move {
-                drop(open);
-                Ok(tonic::Status::from(e).into_http())
-            });
-        }
+        let verified = match self.config.keys.check(req.uri().path(), authorization) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::info!(peer = %self.peer, path = %crate::error::clip(req.uri().path(), 96), code = e.code_label(), "request refused: {e}");
+                (self.config.refused)(rpc, &e, arrived.elapsed());
+                return Box::pin(async move {
+                    drop(open);
+                    Ok(tonic::Status::from(e).into_http())
+                });
+            }
+        };
         let grpc_timeout =
             req.headers_mut().remove("grpc-timeout").and_then(|v| v.to_str().ok().and_then(parse_grpc_timeout));
-        req.extensions_mut().insert(CallInfo { arrived, grpc_timeout, peer: self.peer });
-        let deadline =
-            Deadline::for_call(arrived, grpc_timeout, self.config.default_timeout, self.config.max_timeout).at();
+        let deadline = Deadline::for_call(arrived, grpc_timeout, self.config.default_timeout, self.config.max_timeout);
+        let request_id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 128)
+            .map_or_else(new_request_id, str::to_owned);
+        let client = match verified {
+            Some(fingerprint) => format!("key:{fingerprint}"),
+            None => format!("ip:{}", self.peer.ip()),
+        };
+        req.extensions_mut().insert(CallInfo { arrived, deadline, client, request_id, peer: self.peer });
         let call = self.inner.call(req);
+        let config = Arc::clone(&self.config);
         Box::pin(async move {
-            let reply = match tokio::time::timeout_at((deadline + BACKSTOP).into(), call).await {
-                Ok(r) => r,
+            let reply = match tokio::time::timeout_at((deadline.at() + BACKSTOP).into(), call).await {
+                Ok(Ok(reply)) => Ok(oversized_as_exhausted(reply, rpc, arrived, &config)),
+                Ok(Err(never)) => match never {},
                 // The handler answers at the deadline itself; this fires when it never ran
                 // (the request body never completed).
                 Err(_) => {
@@ -278,4 +314,23 @@ where
             reply
         })
     }
+}
+
+/// tonic answers a request message over the decoding limit with OUT_OF_RANGE before any
+/// handler runs; the gRPC status-code specification says RESOURCE_EXHAUSTED, and clients'
+/// retry and alerting rules follow it. No handler of this server answers OUT_OF_RANGE, so a
+/// trailers-only OUT_OF_RANGE answer is that refusal: it is rewritten, naming the limit, and
+/// counted like any other call.
+fn oversized_as_exhausted(reply: Reply, rpc: &'static str, arrived: Instant, config: &TransportConfig) -> Reply {
+    let out_of_range = reply
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == (tonic::Code::OutOfRange as i32).to_string().as_bytes());
+    if !out_of_range {
+        return reply;
+    }
+    let e = Error::MessageTooLarge { limit: config.max_message_bytes };
+    tracing::info!(rpc, code = e.code_label(), "request refused: {e}");
+    (config.refused)(rpc, &e, arrived.elapsed());
+    tonic::Status::from(e).into_http()
 }

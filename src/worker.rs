@@ -6,9 +6,9 @@
 //! [`WorkerHandle`] is dropped, at which point it drops the model (freeing its memory) and exits.
 //! Jobs whose deadline passed or whose client left are dropped before compute.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -16,9 +16,9 @@ use crate::batch::{
     BatchPolicy, Job, JobOutput, Payload, Refill, Skip, check_live, compatible, merge, split, split_rows,
 };
 use crate::device::Device;
-use crate::error::{Error, Result};
+use crate::error::{Cause, Error, Result};
 use crate::metrics::Metrics;
-use crate::model::{Backend, HostTensor, ModelSpec, SharedFactory, WorkerFault, classify};
+use crate::model::{Backend, HostTensor, ModelSpec, SharedFactory, classify};
 use crate::tokenize::{TextEncoder, TextInfo};
 
 /// How a worker runs its model.
@@ -110,43 +110,75 @@ impl WorkerHandle {
     }
 }
 
+/// What the registry hears once per load: the running worker, or why the load failed.
+pub type OnLoaded = Box<dyn FnOnce(std::result::Result<Loaded, Cause>) + Send>;
+
+/// Calls [`OnLoaded`] at most once, from whichever side gets there first.
+#[derive(Clone)]
+struct Reporter(Arc<Mutex<Option<OnLoaded>>>);
+
+impl Reporter {
+    fn send(&self, outcome: std::result::Result<Loaded, Cause>) {
+        let report = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(report) = report {
+            report(outcome);
+        }
+    }
+}
+
+/// Reports [`Cause::Vanished`] if the load thread ends, unwinding included, without having
+/// reported: the slot must never stay `Loading` with nobody left to finish it. Armed only once
+/// the thread runs, so a thread that could not be spawned is reported by its spawner.
+struct ReportOnExit {
+    reporter: Reporter,
+    armed: bool,
+}
+
+impl Drop for ReportOnExit {
+    fn drop(&mut self) {
+        if self.armed {
+            self.reporter.send(Err(Cause::Vanished));
+        }
+    }
+}
+
 /// Starts the worker thread for `spec` on `device`. The thread loads the model and calls
 /// `on_loaded` exactly once with the outcome (on the worker thread); on failure it then exits.
+/// A load or warm-up that panics is a failed load; a thread that cannot be spawned is reported
+/// as [`Cause::Spawn`] before this returns `None`.
 pub fn spawn_worker(
     spec: Arc<ModelSpec>,
     device: Device,
     factory: SharedFactory,
     settings: WorkerSettings,
-    on_loaded: impl FnOnce(std::result::Result<Loaded, String>) + Send + 'static,
-) -> std::io::Result<JoinHandle<()>> {
+    on_loaded: OnLoaded,
+) -> Option<JoinHandle<()>> {
     let WorkerSettings { threads, capacity, policy, warmup_runs, metrics } = settings;
     let (tx, rx) = sync_channel(capacity);
     let handle = WorkerHandle { tx, model: Arc::from(spec.name.as_str()), device, capacity, counters: Arc::default() };
-    std::thread::Builder::new().name(format!("torch-{}-{}", spec.name, device)).spawn(move || {
+    let reporter = Reporter(Arc::new(Mutex::new(Some(on_loaded))));
+    let mut guard = ReportOnExit { reporter: reporter.clone(), armed: false };
+    let spawned = std::thread::Builder::new().name(format!("torch-{}-{}", spec.name, device)).spawn(move || {
+        guard.armed = true;
         // Grad mode is per thread: set it once for everything this thread runs.
         let _no_grad = tch::no_grad_guard();
-        let loaded = factory.load(&spec, device, threads).and_then(|backend| {
-            let encoder = spec.text.as_ref().map(|t| TextEncoder::load(&t.tokenizer)).transpose()?;
-            Ok((backend, encoder))
-        });
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            load(&spec, device, factory.as_ref(), threads, warmup_runs)
+        }))
+        .unwrap_or_else(|panic| Err(Cause::from_panic(panic.as_ref())));
         let (backend, encoder) = match loaded {
             Ok(x) => x,
-            Err(reason) => {
-                on_loaded(Err(reason));
+            Err(cause) => {
+                guard.reporter.send(Err(cause));
                 return;
             }
         };
-        let (mut backend, mut encoder) = (backend, encoder);
-        if let Err(reason) = warm_up(&spec, backend.as_mut(), encoder.as_mut(), warmup_runs) {
-            on_loaded(Err(format!("warm-up failed: {reason}")));
-            return;
-        }
         let counters = Arc::clone(&handle.counters);
         // Marks the worker stopped however the thread ends, unwinding included, so the
         // registry replaces it on the next request.
         let _stopped = StoppedOnExit(Arc::clone(&counters));
         let memory_bytes = backend.memory_bytes();
-        on_loaded(Ok(Loaded { handle, memory_bytes }));
+        guard.reporter.send(Ok(Loaded { handle, memory_bytes }));
         let labels = Labels { model: spec.name.clone(), device: device.label(), metrics };
         if let Err(fault) = run_worker(&spec, backend, encoder, &rx, &counters, policy, &labels) {
             counters.stopped.store(true, Ordering::Release);
@@ -154,10 +186,31 @@ pub fn spawn_worker(
             // Jobs still queued are answered rather than dropped.
             while let Ok(job) = rx.try_recv() {
                 counters.pending.fetch_sub(1, Ordering::AcqRel);
-                let _ = job.reply.send(Err(Error::Forward { model: spec.name.clone(), detail: fault.clone() }));
+                let _ = job.reply.send(Err(Error::Forward { model: spec.name.clone(), cause: Arc::clone(&fault) }));
             }
         }
-    })
+    });
+    match spawned {
+        Ok(join) => Some(join),
+        Err(e) => {
+            reporter.send(Err(Cause::Spawn(e)));
+            None
+        }
+    }
+}
+
+/// Loads the model (and its tokenizer) and warms it up, on the worker thread.
+fn load(
+    spec: &ModelSpec,
+    device: Device,
+    factory: &dyn crate::model::BackendFactory,
+    threads: usize,
+    warmup_runs: usize,
+) -> std::result::Result<(Box<dyn Backend>, Option<TextEncoder>), Cause> {
+    let mut backend = factory.load(spec, device, threads)?;
+    let mut encoder = spec.text.as_ref().map(|t| TextEncoder::load(&t.tokenizer)).transpose()?;
+    warm_up(spec, backend.as_mut(), encoder.as_mut(), warmup_runs)?;
+    Ok((backend, encoder))
 }
 
 /// Sets `stopped` when dropped.
@@ -178,7 +231,7 @@ fn run_worker(
     counters: &WorkerCounters,
     policy: BatchPolicy,
     labels: &Labels,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), Arc<Cause>> {
     // A job taken from the queue that did not fit the batch being formed opens the next one.
     let mut carry: Option<Job> = None;
     let mut refill = Refill::default();
@@ -248,7 +301,7 @@ fn run_batch(
     rows: usize,
     counters: &WorkerCounters,
     labels: &Labels,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), Arc<Cause>> {
     let started = Instant::now();
     let lv = [labels.model.as_str(), labels.device.as_str()];
     let row_counts: Vec<usize> = batch.iter().map(|j| j.rows).collect();
@@ -263,37 +316,23 @@ fn run_batch(
         replies.push((job.reply, job.deadline, queued, job.rpc));
     }
     // A panic inside libtorch or the tokenizer fails this batch, not the worker: the model
-    // keeps serving the next one. A [`WorkerFault`] (or a CUDA error, which poisons the
-    // context) fails the batch and stops the worker.
-    let mut fault = None;
+    // keeps serving the next one. A fatal cause (a CUDA fault, which poisons the context, or a
+    // [`crate::model::WorkerFault`]) fails the batch and stops the worker.
     let ran =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_payload(spec, backend, encoder, merge(payloads))))
-            .unwrap_or_else(|panic| {
-                if let Some(WorkerFault(reason)) = panic.downcast_ref::<WorkerFault>() {
-                    fault = Some(reason.clone());
-                    return Err(format!("worker fault: {reason}"));
-                }
-                let what = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()));
-                Err(format!("forward pass panicked: {}", what.unwrap_or_default()))
-            });
-    if let Err(detail) = &ran
-        && detail.contains("CUDA error")
-    {
-        fault = Some(detail.clone());
-    }
-    if fault.is_some() {
-        // Marked before any reply leaves: a client that retries the moment it is answered must
-        // reach a fresh load, not this dying worker's queue.
-        counters.stopped.store(true, Ordering::Release);
-    }
+            .unwrap_or_else(|panic| Err(Cause::from_panic(panic.as_ref())));
     let result = ran.and_then(|(outputs, texts)| {
         let predictions = predictions_for(spec, &outputs, rows);
         let outputs = split(outputs, &row_counts)?;
         Ok((outputs, split_rows(predictions, &row_counts), split_rows(texts, &row_counts)))
     });
+    let result = result.map_err(Arc::new);
+    let fault = result.as_ref().err().filter(|c| c.is_fatal()).map(Arc::clone);
+    if fault.is_some() {
+        // Marked before any reply leaves: a client that retries the moment it is answered must
+        // reach a fresh load, not this dying worker's queue.
+        counters.stopped.store(true, Ordering::Release);
+    }
     let compute = started.elapsed();
     if labels.metrics.recording {
         labels.metrics.compute_duration.with_label_values(&lv).observe(compute.as_secs_f64());
@@ -325,9 +364,9 @@ fn run_batch(
                 let _ = reply.send(Ok(JobOutput { outputs, predictions, queue, compute, batch_size: rows, texts }));
             }
         }
-        Err(detail) => {
+        Err(cause) => {
             for (reply, _, _, _) in replies {
-                let _ = reply.send(Err(Error::Forward { model: spec.name.clone(), detail: detail.clone() }));
+                let _ = reply.send(Err(Error::Forward { model: spec.name.clone(), cause: Arc::clone(&cause) }));
             }
         }
     }
@@ -342,7 +381,7 @@ fn warm_up(
     backend: &mut dyn Backend,
     mut encoder: Option<&mut TextEncoder>,
     runs: usize,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), Cause> {
     for _ in 0..runs {
         let payload = if spec.text.is_some() {
             Payload::Texts { texts: vec!["Warming up the model with a short sentence.".to_owned()], max_length: 32 }
@@ -381,11 +420,12 @@ fn run_payload(
     backend: &mut dyn Backend,
     encoder: Option<&mut TextEncoder>,
     payload: Payload,
-) -> std::result::Result<(Vec<HostTensor>, Vec<TextInfo>), String> {
+) -> std::result::Result<(Vec<HostTensor>, Vec<TextInfo>), Cause> {
     match payload {
         Payload::Tensors(inputs) => Ok((backend.forward(inputs)?, Vec::new())),
         Payload::Texts { texts, max_length } => {
-            let encoder = encoder.ok_or("text job for a model without a tokenizer; this is a bug")?;
+            let encoder = encoder
+                .ok_or_else(|| Cause::Tokenizer("a text job for a model without a tokenizer; this is a bug".into()))?;
             let (inputs, infos) = encoder.encode(&texts, max_length, &spec.inputs)?;
             Ok((backend.forward(inputs)?, infos))
         }

@@ -107,7 +107,7 @@ pub(super) fn tensor_plan() -> impl Strategy<Value = TensorPlan> {
 pub(super) fn tensor(p: TensorPlan) -> proto::Tensor {
     let n = data_len(&p.shape, p.delta);
     let v = &p.values[..n];
-    let size = DType::try_from(p.dtype).map_or(4, DType::size);
+    let size = crate::service::torchwire_convert::dtype_of(p.dtype).map_or(4, DType::size);
     let raw_len = (n * size).min(p.raw.len());
     let on = |bit: u8| p.fields & (1 << bit) != 0;
     proto::Tensor {
@@ -356,7 +356,7 @@ pub(super) fn sentiment_request() -> impl Strategy<Value = proto::SentimentReque
 
 /// KServe element bytes of a datatype string (BYTES and unknown: 4).
 pub(super) fn ks_size(datatype: &str) -> usize {
-    ALL_DTYPES.into_iter().find(|d| crate::service::kserve::datatype(*d) == datatype).map_or(4, DType::size)
+    ALL_DTYPES.into_iter().find(|d| crate::service::kserve_convert::datatype(*d) == datatype).map_or(4, DType::size)
 }
 
 /// The BYTES wire form of `items`, with the length of element `lie` (if any) off by `by`.
@@ -438,7 +438,7 @@ pub(super) fn near_valid_infer(nv: NearValid) -> ks::ModelInferRequest {
     for input in &spec.inputs {
         let (mut shape, mut values) = fitting(&nv, input);
         perturb_tensor(&nv, &mut shape, &mut values);
-        let datatype = crate::service::kserve::datatype(input.dtype).to_owned();
+        let datatype = crate::service::kserve_convert::datatype(input.dtype).to_owned();
         let mut t = InferInputTensor { name: input.name.clone(), datatype, ..Default::default() };
         let raw = nv.as_raw || matches!(input.dtype, DType::F16 | DType::BF16);
         if raw {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::{Backend, BackendFactory, DType, HostTensor, ModelSpec, WorkerFault};
 use crate::device::Device;
+use crate::error::Cause;
 
 /// Creates [`FakeBackend`]s and counts how often it was asked to.
 #[derive(Debug, Default, Clone)]
@@ -24,6 +25,8 @@ pub struct FakeFactory {
     pub rows_seen: Arc<AtomicUsize>,
     /// Forward passes every backend of this factory has run.
     pub forwards: Arc<AtomicUsize>,
+    /// Every load panics (after counting itself), as tch's `set_eval` does on an error.
+    pub panic_on_load: bool,
 }
 
 /// The fake model.
@@ -35,9 +38,11 @@ pub struct FakeBackend {
 }
 
 impl BackendFactory for FakeFactory {
-    fn load(&self, _spec: &ModelSpec, _device: Device, _threads: usize) -> Result<Box<dyn Backend>, String> {
+    fn load(&self, _spec: &ModelSpec, _device: Device, _threads: usize) -> Result<Box<dyn Backend>, Cause> {
         std::thread::sleep(self.load_delay);
         self.loads.fetch_add(1, Ordering::SeqCst);
+        // As `CModule::set_eval` does on a libtorch error: a panic, not an error value.
+        assert!(!self.panic_on_load, "fake backend asked to panic while loading");
         Ok(Box::new(FakeBackend {
             forward_delay: self.forward_delay,
             rows_seen: Arc::clone(&self.rows_seen),
@@ -47,11 +52,11 @@ impl BackendFactory for FakeFactory {
 }
 
 impl Backend for FakeBackend {
-    fn forward(&mut self, inputs: Vec<HostTensor>) -> Result<Vec<HostTensor>, String> {
+    fn forward(&mut self, inputs: Vec<HostTensor>) -> Result<Vec<HostTensor>, Cause> {
         std::thread::sleep(self.forward_delay);
-        let x = inputs.first().ok_or("no input")?;
+        let x = inputs.first().ok_or_else(|| Cause::Output("no input".into()))?;
         if x.dtype != DType::F32 || x.shape.len() != 2 {
-            return Err("fake backend takes one float32 [batch, n] input".into());
+            return Err(Cause::Output("fake backend takes one float32 [batch, n] input".into()));
         }
         self.forwards.fetch_add(1, Ordering::SeqCst);
         self.rows_seen.fetch_add(usize::try_from(x.shape[0]).unwrap_or(0), Ordering::SeqCst);
@@ -61,7 +66,7 @@ impl Backend for FakeBackend {
         if values.contains(&668.0) {
             std::panic::panic_any(WorkerFault("fake backend asked to fault its worker".into()));
         }
-        let width = usize::try_from(x.shape[1]).map_err(|_| "bad width")?.max(1);
+        let width = usize::try_from(x.shape[1]).map_err(|_| Cause::Output("bad width".into()))?.max(1);
         let logits: Vec<f32> = values
             .chunks(width)
             .flat_map(|row| {

@@ -205,63 +205,73 @@ pub fn check_model_name(name: &str) -> Result<()> {
     if first_ok && rest_ok && b.len() <= 64 { Ok(()) } else { Err(Error::InvalidModelName { name: clip(name, 72) }) }
 }
 
+/// Why a manifest was refused: what is wrong and what would be right, for the log and for
+/// operators (the model is skipped; the rest of the repository serves).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ManifestError(pub String);
+
 /// Parses a manifest's text. `name` and `dir` come from the repository scan.
-pub fn parse_manifest(name: &str, dir: &Path, text: &str) -> Result<ModelSpec, String> {
-    let raw: RawManifest = toml::from_str(text).map_err(|e| e.to_string())?;
+pub fn parse_manifest(name: &str, dir: &Path, text: &str) -> Result<ModelSpec, ManifestError> {
+    let raw: RawManifest = toml::from_str(text).map_err(|e| ManifestError(e.to_string()))?;
     let kind = match raw.kind.as_str() {
         "tabular" => ModelKind::Tabular,
         "text-classification" => ModelKind::TextClassification,
         other => {
-            return Err(format!("kind must be \"tabular\" or \"text-classification\", got {other:?}"));
+            return Err(ManifestError(format!("kind must be \"tabular\" or \"text-classification\", got {other:?}")));
         }
     };
     if raw.inputs.is_empty() {
-        return Err("at least one [[inputs]] entry is required".into());
+        return Err(ManifestError("at least one [[inputs]] entry is required".into()));
     }
     let mut inputs = Vec::with_capacity(raw.inputs.len());
     for (i, r) in raw.inputs.into_iter().enumerate() {
         let dtype = DType::from_name(&r.dtype)
-            .ok_or_else(|| format!("inputs[{i}].dtype {:?} is not a known dtype", r.dtype))?;
+            .ok_or_else(|| ManifestError(format!("inputs[{i}].dtype {:?} is not a known dtype", r.dtype)))?;
         if r.shape.first() != Some(&-1) {
-            return Err(format!("inputs[{i}].shape must start with -1 (the batch dimension)"));
+            return Err(ManifestError(format!("inputs[{i}].shape must start with -1 (the batch dimension)")));
         }
         if r.shape.iter().skip(1).any(|&d| d == 0 || d < -1) {
-            return Err(format!("inputs[{i}].shape dimensions must be positive or -1"));
+            return Err(ManifestError(format!("inputs[{i}].shape dimensions must be positive or -1")));
         }
         inputs.push(InputSpec { name: r.name, dtype, shape: r.shape, features: r.features });
     }
     if kind == ModelKind::Tabular {
         let [input] = inputs.as_slice() else {
-            return Err("a tabular model takes exactly one input".into());
+            return Err(ManifestError("a tabular model takes exactly one input".into()));
         };
         if input.shape.len() != 2 || input.shape[1] < 1 {
-            return Err("a tabular input has shape [-1, n_features]".into());
+            return Err(ManifestError("a tabular input has shape [-1, n_features]".into()));
         }
         if input.features.len() != input.shape[1] as usize {
-            return Err(format!(
+            return Err(ManifestError(format!(
                 "a tabular input lists {} features but its shape has {}",
                 input.features.len(),
                 input.shape[1]
-            ));
+            )));
         }
         if !input.dtype.is_float() {
-            return Err("a tabular input must be a float type".into());
+            return Err(ManifestError("a tabular input must be a float type".into()));
         }
         let mut names: Vec<&str> = input.features.iter().map(|f| f.name.as_str()).collect();
         names.sort_unstable();
         if names.windows(2).any(|w| w[0] == w[1]) {
-            return Err("feature names must be unique".into());
+            return Err(ManifestError("feature names must be unique".into()));
         }
     }
     let text = match (kind, raw.text) {
         (ModelKind::TextClassification, Some(t)) => Some(text_spec(dir, t, &inputs)?),
-        (ModelKind::TextClassification, None) => return Err("a text-classification model needs a [text] table".into()),
-        (ModelKind::Tabular, Some(_)) => return Err("[text] is only for text-classification models".into()),
+        (ModelKind::TextClassification, None) => {
+            return Err(ManifestError("a text-classification model needs a [text] table".into()));
+        }
+        (ModelKind::Tabular, Some(_)) => {
+            return Err(ManifestError("[text] is only for text-classification models".into()));
+        }
         (ModelKind::Tabular, None) => None,
     };
     let max_batch_size = raw.batching.max_batch_size;
     if max_batch_size == Some(0) {
-        return Err("batching.max_batch_size must be at least 1".into());
+        return Err(ManifestError("batching.max_batch_size must be at least 1".into()));
     }
     Ok(ModelSpec {
         name: name.to_owned(),
@@ -281,27 +291,30 @@ pub fn parse_manifest(name: &str, dir: &Path, text: &str) -> Result<ModelSpec, S
     })
 }
 
-fn text_spec(dir: &Path, t: RawText, inputs: &[InputSpec]) -> Result<TextSpec, String> {
+fn text_spec(dir: &Path, t: RawText, inputs: &[InputSpec]) -> Result<TextSpec, ManifestError> {
     // The tokenizer is a plain file name inside the model's folder: never a path elsewhere.
     let plain = !t.tokenizer.is_empty()
         && !t.tokenizer.starts_with('.')
         && t.tokenizer.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
     if !plain {
-        return Err(format!("text.tokenizer must be a file name in the model folder, got {:?}", t.tokenizer));
+        return Err(ManifestError(format!(
+            "text.tokenizer must be a file name in the model folder, got {:?}",
+            t.tokenizer
+        )));
     }
     if t.max_length < 2 {
-        return Err("text.max_length must be at least 2".into());
+        return Err(ManifestError("text.max_length must be at least 2".into()));
     }
     for i in inputs {
         if !TEXT_INPUTS.contains(&i.name.as_str()) {
-            return Err(format!("text model inputs are among {TEXT_INPUTS:?}, got {:?}", i.name));
+            return Err(ManifestError(format!("text model inputs are among {TEXT_INPUTS:?}, got {:?}", i.name)));
         }
         if !matches!(i.dtype, DType::I64 | DType::I32) || i.shape.len() != 2 {
-            return Err(format!("text input {:?} must be int64 or int32 with shape [-1, -1]", i.name));
+            return Err(ManifestError(format!("text input {:?} must be int64 or int32 with shape [-1, -1]", i.name)));
         }
     }
     if !inputs.iter().any(|i| i.name == "input_ids") {
-        return Err("a text model takes input_ids".into());
+        return Err(ManifestError("a text model takes input_ids".into()));
     }
     Ok(TextSpec { tokenizer: dir.join(&t.tokenizer), max_length: t.max_length })
 }
@@ -427,7 +440,7 @@ features = [{ name = "age", unit = "years" }, { name = "bmi", unit = "kg/m2" }]
         ];
         for (text, want) in cases {
             let err = parse_manifest("m", Path::new("/x"), &text).unwrap_err();
-            assert!(err.contains(want), "{err} should mention {want}");
+            assert!(err.0.contains(want), "{err} should mention {want}");
         }
     }
 
@@ -460,7 +473,7 @@ max_length = 512
         ];
         for (text, want) in cases {
             let err = parse_manifest("s", Path::new("/x"), &text).unwrap_err();
-            assert!(err.contains(want), "{err} should mention {want}");
+            assert!(err.0.contains(want), "{err} should mention {want}");
         }
     }
 

@@ -13,6 +13,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::device::Device;
+use crate::error::Cause;
 pub use manifest::{InputSpec, ModelKind, ModelSpec, OutputKind, TextSpec};
 
 /// Element type of a tensor.
@@ -189,7 +190,7 @@ pub struct WorkerFault(pub String);
 pub trait Backend: Send {
     /// Runs one forward pass. `inputs` follow the manifest's input order and share the batch
     /// dimension. Errors carry the full reason for the log.
-    fn forward(&mut self, inputs: Vec<HostTensor>) -> Result<Vec<HostTensor>, String>;
+    fn forward(&mut self, inputs: Vec<HostTensor>) -> Result<Vec<HostTensor>, Cause>;
     /// Parameters and buffers, in bytes, measured at load.
     fn memory_bytes(&self) -> u64;
 }
@@ -197,7 +198,7 @@ pub trait Backend: Send {
 /// Creates backends; called on the worker thread that will own the result.
 pub trait BackendFactory: Send + Sync + 'static {
     /// Loads `spec` onto `device`. Errors carry the full reason for the log.
-    fn load(&self, spec: &ModelSpec, device: Device, threads: usize) -> Result<Box<dyn Backend>, String>;
+    fn load(&self, spec: &ModelSpec, device: Device, threads: usize) -> Result<Box<dyn Backend>, Cause>;
 }
 
 /// Shared handle to a backend factory.

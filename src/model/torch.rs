@@ -7,6 +7,13 @@ use tch::{CModule, IValue, Kind, Tensor};
 
 use super::{Backend, BackendFactory, DType, HostTensor, ModelSpec};
 use crate::device::Device;
+use crate::error::Cause;
+
+/// Classifies a libtorch error. tch flattens C++ exceptions into text, so this is the one place
+/// a CUDA fault is told apart by its message (c10's `CUDA error:`); above it, it is a variant.
+fn cause(e: tch::TchError) -> Cause {
+    if e.to_string().contains("CUDA error") { Cause::Cuda(e) } else { Cause::Torch(e) }
+}
 
 /// Loads TorchScript models with libtorch.
 #[derive(Debug, Default, Clone, Copy)]
@@ -22,11 +29,14 @@ pub struct TorchBackend {
 }
 
 impl BackendFactory for TorchFactory {
-    fn load(&self, spec: &ModelSpec, device: Device, threads: usize) -> Result<Box<dyn Backend>, String> {
+    fn load(&self, spec: &ModelSpec, device: Device, threads: usize) -> Result<Box<dyn Backend>, Cause> {
         tch::set_num_threads(i32::try_from(threads.max(1)).unwrap_or(1));
         let path = spec.model_path();
         let dev = device.to_tch();
-        let mut module = CModule::load_on_device(&path, dev).map_err(|e| format!("loading {}: {e}", path.display()))?;
+        // tch's error names the file; the cause is only ever logged.
+        let mut module = CModule::load_on_device(&path, dev).map_err(cause)?;
+        // `set_eval` and `to` panic on a libtorch error; the worker catches the panic and
+        // records the load as failed.
         module.set_eval();
         // fp16 only on a GPU and only where the manifest allows it; the CPU stays fp32.
         let half = spec.fp16 && matches!(device, Device::Cuda(_));
@@ -46,28 +56,28 @@ fn tensor_bytes(t: &Tensor) -> u64 {
 }
 
 impl Backend for TorchBackend {
-    fn forward(&mut self, inputs: Vec<HostTensor>) -> Result<Vec<HostTensor>, String> {
+    fn forward(&mut self, inputs: Vec<HostTensor>) -> Result<Vec<HostTensor>, Cause> {
         let mut ivalues = Vec::with_capacity(inputs.len());
         for input in &inputs {
             let t = Tensor::f_from_data_size(&input.data, &input.shape, kind_of(input.dtype))
                 .and_then(|t| t.f_to_device(self.device))
                 .and_then(|t| if self.half && input.dtype == DType::F32 { t.f_to_kind(Kind::Half) } else { Ok(t) })
-                .map_err(|e| format!("input `{}`: {e}", input.name))?;
+                .map_err(cause)?;
             ivalues.push(IValue::Tensor(t));
         }
-        let out = self.module.forward_is(&ivalues).map_err(|e| e.to_string())?;
+        let out = self.module.forward_is(&ivalues).map_err(cause)?;
         let tensors = match out {
             IValue::Tensor(t) => vec![t],
             IValue::Tuple(items) | IValue::GenericList(items) => items
                 .into_iter()
                 .map(|v| match v {
                     IValue::Tensor(t) => Ok(t),
-                    other => Err(format!("model returned a non-tensor output: {other:?}")),
+                    other => Err(Cause::Output(format!("a non-tensor output: {other:?}"))),
                 })
                 .collect::<Result<_, _>>()?,
             IValue::TensorList(ts) => ts,
             other => {
-                return Err(format!("model returned {other:?}, expected a tensor or a tuple of tensors"));
+                return Err(Cause::Output(format!("{other:?}, expected a tensor or a tuple of tensors")));
             }
         };
         tensors
@@ -76,7 +86,7 @@ impl Backend for TorchBackend {
             .map(|(i, t)| {
                 // Half outputs go back to float32 so clients see what the CPU path gives them.
                 let t = if self.half && t.f_kind().ok() == Some(Kind::Half) {
-                    t.f_to_kind(Kind::Float).map_err(|e| e.to_string())?
+                    t.f_to_kind(Kind::Float).map_err(cause)?
                 } else {
                     t
                 };
@@ -119,18 +129,18 @@ fn dtype_of(k: Kind) -> Option<DType> {
     })
 }
 
-fn to_host(name: &str, t: &Tensor) -> Result<HostTensor, String> {
-    let err = |e: tch::TchError| format!("{name}: {e}");
-    let t = t.f_to_device(tch::Device::Cpu).and_then(|t| t.f_contiguous()).map_err(err)?;
-    let kind = t.f_kind().map_err(err)?;
+fn to_host(name: &str, t: &Tensor) -> Result<HostTensor, Cause> {
+    let t = t.f_to_device(tch::Device::Cpu).and_then(|t| t.f_contiguous()).map_err(cause)?;
+    let kind = t.f_kind().map_err(cause)?;
     let (t, dtype) = match dtype_of(kind) {
         Some(d) => (t, d),
         // Anything exotic is handed back as float32 rather than refused.
-        None => (t.f_to_kind(Kind::Float).map_err(err)?, DType::F32),
+        None => (t.f_to_kind(Kind::Float).map_err(cause)?, DType::F32),
     };
     let shape = t.size();
-    let numel = usize::try_from(shape.iter().product::<i64>()).map_err(|_| format!("{name}: bad shape"))?;
+    let numel = usize::try_from(shape.iter().product::<i64>())
+        .map_err(|_| Cause::Output(format!("{name} has the impossible shape {shape:?}")))?;
     let mut data = vec![0u8; numel * dtype.size()];
-    t.f_copy_data_u8(&mut data, numel).map_err(err)?;
+    t.f_copy_data_u8(&mut data, numel).map_err(cause)?;
     Ok(HostTensor { name: name.to_owned(), dtype, shape, data })
 }

@@ -1,14 +1,14 @@
 //! `torchwire.v1.Admin`: the repository, each model's per-device state, and the operator's
-//! levers: load (optionally pinned) and unload. ResetStats lands with the observability work.
+//! levers: load (optionally pinned), unload, and ResetStats. Every RPC does its work inside the
+//! boundary, so it is logged and counted like any other.
 
 use tonic::{Request, Response, Status};
 
-use super::{SharedState, boundary};
+use super::{SharedState, call, serve_result};
 use crate::device::DeviceRequest;
-use crate::error::Result;
 use crate::model::{InputSpec, ModelSpec};
 use crate::proto::{self, admin_server::Admin};
-use crate::registry::{DeviceStatus, LoadState};
+use crate::registry::{DeviceStatus, LoadState, Settings};
 
 /// The Admin service.
 pub struct AdminService {
@@ -26,28 +26,31 @@ impl AdminService {
     }
 }
 
+type Reply<T> = std::result::Result<Response<T>, Status>;
+
 #[tonic::async_trait]
 impl Admin for AdminService {
-    async fn list_models(
-        &self,
-        req: Request<proto::ListModelsRequest>,
-    ) -> Result<Response<proto::ListModelsResponse>, Status> {
-        let call = self.state.call("ListModels", &req, "", false);
-        let models = self.state.registry.repository().specs().map(|s| self.info(s)).collect();
-        boundary(&self.state, call, async { Ok(proto::ListModelsResponse { models }) }).await
+    async fn list_models(&self, req: Request<proto::ListModelsRequest>) -> Reply<proto::ListModelsResponse> {
+        let call = call(&self.state, "ListModels", &req, String::new(), false);
+        serve_result(&self.state, call, async {
+            Ok(proto::ListModelsResponse {
+                models: self.state.registry.repository().specs().map(|s| self.info(s)).collect(),
+            })
+        })
+        .await
     }
 
-    async fn get_model(&self, req: Request<proto::GetModelRequest>) -> Result<Response<proto::ModelInfo>, Status> {
-        let call = self.state.call("GetModel", &req, &req.get_ref().model, false);
-        let result = self.state.registry.spec(&req.get_ref().model).map(|s| self.info(&s));
-        boundary(&self.state, call, async { result }).await
+    async fn get_model(&self, req: Request<proto::GetModelRequest>) -> Reply<proto::ModelInfo> {
+        let call = call(&self.state, "GetModel", &req, req.get_ref().model.clone(), false);
+        let name = req.into_inner().model;
+        serve_result(&self.state, call, async { self.state.registry.spec(&name).map(|s| self.info(&s)) }).await
     }
 
-    async fn load_model(&self, req: Request<proto::LoadModelRequest>) -> Result<Response<proto::ModelInfo>, Status> {
-        let call = self.state.call("LoadModel", &req, &req.get_ref().model, false);
+    async fn load_model(&self, req: Request<proto::LoadModelRequest>) -> Reply<proto::ModelInfo> {
+        let call = call(&self.state, "LoadModel", &req, req.get_ref().model.clone(), false);
         let req = req.into_inner();
         let state = &self.state;
-        boundary(&self.state, call, async move {
+        serve_result(state, call, async move {
             let spec = state.registry.spec(&req.model)?;
             let device = state.registry.pick_device(&spec, DeviceRequest::parse(&req.device)?)?;
             if req.pin {
@@ -59,14 +62,11 @@ impl Admin for AdminService {
         .await
     }
 
-    async fn unload_model(
-        &self,
-        req: Request<proto::UnloadModelRequest>,
-    ) -> Result<Response<proto::ModelInfo>, Status> {
-        let call = self.state.call("UnloadModel", &req, &req.get_ref().model, false);
+    async fn unload_model(&self, req: Request<proto::UnloadModelRequest>) -> Reply<proto::ModelInfo> {
+        let call = call(&self.state, "UnloadModel", &req, req.get_ref().model.clone(), false);
         let req = req.into_inner();
         let state = &self.state;
-        boundary(&self.state, call, async move {
+        serve_result(state, call, async move {
             let spec = state.registry.spec(&req.model)?;
             let device = if req.device.trim().is_empty() {
                 None
@@ -82,20 +82,16 @@ impl Admin for AdminService {
         .await
     }
 
-    async fn reset_stats(
-        &self,
-        req: Request<proto::ResetStatsRequest>,
-    ) -> Result<Response<proto::ResetStatsResponse>, Status> {
-        let call = self.state.call("ResetStats", &req, "", false);
-        self.state.stats.reset();
-        tracing::info!("request statistics reset (Prometheus counters are not)");
-        boundary(&self.state, call, async { Ok(proto::ResetStatsResponse {}) }).await
+    async fn reset_stats(&self, req: Request<proto::ResetStatsRequest>) -> Reply<proto::ResetStatsResponse> {
+        let call = call(&self.state, "ResetStats", &req, String::new(), false);
+        serve_result(&self.state, call, async {
+            self.state.stats.reset();
+            tracing::info!("request statistics reset (Prometheus counters are not)");
+            Ok(proto::ResetStatsResponse {})
+        })
+        .await
     }
 }
-
-impl super::BatchSized for proto::ListModelsResponse {}
-impl super::BatchSized for proto::ModelInfo {}
-impl super::BatchSized for proto::ResetStatsResponse {}
 
 /// A model's manifest and per-device state in proto form.
 pub fn model_info(spec: &ModelSpec, devices: &[DeviceStatus]) -> proto::ModelInfo {
@@ -124,6 +120,16 @@ fn input_spec(i: &InputSpec) -> proto::InputSpec {
     }
 }
 
+/// A device's settings in proto form (GetModel, Stats).
+pub fn settings(s: &Settings) -> proto::DeviceSettings {
+    proto::DeviceSettings {
+        max_batch_size: i32::try_from(s.max_batch_size).unwrap_or(i32::MAX),
+        max_text_length: i32::try_from(s.max_text_length).unwrap_or(i32::MAX),
+        precision: s.precision.to_owned(),
+        intra_op_threads: i32::try_from(s.intra_op_threads).unwrap_or(i32::MAX),
+    }
+}
+
 fn device_state(d: &DeviceStatus) -> proto::DeviceState {
     let state = match d.state {
         LoadState::Unloaded => proto::ModelState::Unloaded,
@@ -141,11 +147,6 @@ fn device_state(d: &DeviceStatus) -> proto::DeviceState {
         pinned: d.pinned,
         loads: d.loads,
         evictions: d.evictions,
-        settings: Some(proto::DeviceSettings {
-            max_batch_size: i32::try_from(d.max_batch_size).unwrap_or(i32::MAX),
-            max_text_length: i32::try_from(d.max_text_length).unwrap_or(i32::MAX),
-            precision: d.precision.to_owned(),
-            intra_op_threads: i32::try_from(d.intra_op_threads).unwrap_or(i32::MAX),
-        }),
+        settings: Some(settings(&d.settings)),
     }
 }

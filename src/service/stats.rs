@@ -51,6 +51,7 @@ pub fn stats_response(state: &AppState, model: Option<&str>, now: SystemSample) 
                 state: state as i32,
                 load_ms: i64::try_from(d.load_ms).unwrap_or(i64::MAX),
                 last_used_unix_ms: d.last_used_unix_ms,
+                settings: Some(super::admin::settings(&d.settings)),
             });
         }
     }
@@ -74,15 +75,7 @@ pub fn stats_response(state: &AppState, model: Option<&str>, now: SystemSample) 
             name: d.label(),
             description: if d == crate::device::Device::Cpu { "cpu".to_owned() } else { format!("CUDA device {d}") },
             total_memory_bytes: 0,
-            settings: Some(proto::DeviceSettings {
-                max_batch_size: i32::try_from(
-                    state.config.max_batch_size.unwrap_or_else(|| d.default_max_batch_size()),
-                )
-                .unwrap_or(i32::MAX),
-                max_text_length: i32::try_from(state.registry.text_length(d)).unwrap_or(i32::MAX),
-                precision: "fp32".to_owned(),
-                intra_op_threads: i32::try_from(state.registry.threads_per_worker()).unwrap_or(i32::MAX),
-            }),
+            settings: Some(super::admin::settings(&state.registry.settings(None, d))),
         })
         .collect();
     proto::StatsResponse {

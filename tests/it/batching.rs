@@ -4,7 +4,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -164,10 +163,44 @@ async fn the_rate_limit_refuses_with_a_retry_after_trailer() {
     let retry: u64 =
         status.metadata().get("retry-after-ms").expect("retry-after-ms trailer").to_str().unwrap().parse().unwrap();
     assert!((1..=500).contains(&retry), "{retry}");
-    // Another client (by API key) has its own bucket.
-    let mut req = tonic::Request::new(one_row(1.0));
-    req.metadata_mut().insert("x-api-key", "other-client".parse().unwrap());
-    c.predict(req).await.expect("a different key is not limited");
+    // A client cannot pick its own bucket: a fresh `x-api-key` on each request (which nothing
+    // verifies) used to get a fresh, full bucket each time. Without keys the bucket is the
+    // peer address.
+    for i in 0..3 {
+        let mut req = tonic::Request::new(one_row(1.0));
+        req.metadata_mut().insert("x-api-key", format!("rotating-{i}").parse().unwrap());
+        let status = c.predict(req).await.expect_err("rotating x-api-key is still limited");
+        assert_eq!(status.code(), Code::ResourceExhausted);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_keys_the_rate_limit_bucket_is_the_verified_key() {
+    use torchwire::admission::AdmissionConfig;
+    use torchwire::auth::{Keys, Secret};
+    let (key_a, key_b) = ("key-a-0123456789abcdef", "key-b-0123456789abcdef");
+    let mut config = Config {
+        admission: AdmissionConfig { max_inflight: 100, rate_limit_rps: 1.0, rate_limit_burst: 2.0 },
+        ..Config::for_tests(fixtures_dir())
+    };
+    config.keys = Keys { api: vec![Secret::new(key_a), Secret::new(key_b)], admin: vec![] };
+    let server = TestServer::start_with(config, Arc::new(FakeFactory::default())).await;
+    let mut c = server.inference();
+    let call = |key: &str, rotate: Option<usize>| {
+        let mut req = tonic::Request::new(one_row(1.0));
+        req.metadata_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+        if let Some(i) = rotate {
+            req.metadata_mut().insert("x-api-key", format!("rotating-{i}").parse().unwrap());
+        }
+        req
+    };
+    c.predict(call(key_a, None)).await.unwrap();
+    c.predict(call(key_a, None)).await.unwrap();
+    for i in 0..3 {
+        let status = c.predict(call(key_a, Some(i))).await.expect_err("key A's bucket is empty");
+        assert_eq!(status.code(), Code::ResourceExhausted);
+    }
+    c.predict(call(key_b, None)).await.expect("key B has its own bucket");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,6 +16,7 @@ use torchwire::model::SharedFactory;
 use torchwire::model::torch::TorchFactory;
 use torchwire::proto::admin_client::AdminClient;
 use torchwire::proto::inference_client::InferenceClient;
+use torchwire::proto::kserve::grpc_inference_service_client::GrpcInferenceServiceClient;
 use torchwire::server::Listeners;
 
 /// The committed fixture repository.
@@ -80,6 +81,17 @@ impl TestServer {
     /// An Admin client.
     pub fn admin(&self) -> AdminClient<Channel> {
         AdminClient::new(self.channel.clone())
+    }
+
+    /// A KServe v2 client.
+    pub fn kserve(&self) -> GrpcInferenceServiceClient<Channel> {
+        GrpcInferenceServiceClient::new(self.channel.clone())
+    }
+
+    /// The value of the `/metrics` sample line that starts with `prefix` (name and labels).
+    pub async fn metric(&self, prefix: &str) -> Option<f64> {
+        let (_, text) = self.http_get("/metrics").await;
+        text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
     }
 
     /// GETs a path from the HTTP listener; returns (status code, body).

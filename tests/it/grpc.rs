@@ -3,7 +3,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -152,7 +151,7 @@ async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
             "must match",
         ),
         ("long name", PredictRequest { model: "a".repeat(200), ..good.clone() }, Code::InvalidArgument, "must match"),
-        ("neither", PredictRequest { inputs: vec![], ..good.clone() }, Code::InvalidArgument, "both are empty"),
+        ("neither", PredictRequest { inputs: vec![], ..good.clone() }, Code::InvalidArgument, "none given"),
         ("both", PredictRequest { rows: row_request(&e).rows, ..good.clone() }, Code::InvalidArgument, "not both"),
         ("missing feature", missing, Code::InvalidArgument, "missing feature `bmi` (kg/m2)"),
         ("unknown feature", unknown, Code::InvalidArgument, "unknown feature(s) `shoe_size`"),

@@ -6,7 +6,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -68,8 +67,16 @@ async fn message_size_limit_is_exact() {
     let mut config = Config::for_tests(fixtures_dir());
     config.max_message_bytes = len - 1;
     let server = TestServer::start(config).await;
-    refused(server.inference().predict(req).await, Code::OutOfRange, &["too large", &format!("{}", len - 1)]);
+    // RESOURCE_EXHAUSTED, as the gRPC status-code specification says (tonic's own answer is
+    // OUT_OF_RANGE), naming the limit; and counted like any other call.
+    refused(
+        server.inference().predict(req).await,
+        Code::ResourceExhausted,
+        &["larger than", &format!("limit of {} bytes", len - 1), "--max-message-bytes"],
+    );
     server.inference().predict(tensor_request(1)).await.expect("smaller messages still served");
+    let counted = server.metric(r#"torchwire_requests_total{code="RESOURCE_EXHAUSTED",model="",rpc="Predict"}"#).await;
+    assert_eq!(counted, Some(1.0));
 }
 
 #[tokio::test]

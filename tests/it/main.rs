@@ -6,6 +6,7 @@
 mod abuse;
 mod batching;
 mod common;
+mod doors;
 mod e2e;
 mod faults;
 mod grpc;

@@ -3,7 +3,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-
 use std::process::{Command, Stdio};
 
 use crate::common::{TestServer, fixtures_dir};
@@ -135,4 +134,40 @@ async fn request_ids_are_echoed_or_generated() {
     assert_eq!(resp.metadata().get("x-request-id").unwrap(), "abc-123");
     let err = server.inference().predict(predict("tiny_risk", vec![1.0; 3])).await.unwrap_err();
     assert!(err.metadata().get("x-request-id").unwrap().to_str().unwrap().starts_with("tw-"));
+}
+
+/// Calls the transport refuses before any handler runs (no key, a wrong key, an admin RPC with
+/// an inference key) are counted in `requests_total` and Stats with their code; before, they
+/// never reached the boundary and were invisible.
+#[tokio::test]
+async fn calls_refused_by_the_transport_are_counted() {
+    use torchwire::auth::{Keys, Secret};
+    let (api, admin) = ("api-key-0123456789abcdef", "admin-key-0123456789abcdef");
+    let mut config = Config::for_tests(fixtures_dir());
+    config.keys = Keys { api: vec![Secret::new(api)], admin: vec![Secret::new(admin)] };
+    let server = TestServer::start(config).await;
+    fn with_key<T>(key: &str, msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.metadata_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+        req
+    }
+    let predict_req = || predict("tiny_risk", vec![50.0, 27.0, 110.0, 125.0]);
+    for _ in 0..2 {
+        let e = server.inference().predict(predict_req()).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    }
+    let e = server.admin().list_models(with_key(api, torchwire::proto::ListModelsRequest {})).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    server.inference().predict(with_key(api, predict_req())).await.unwrap();
+    let at = |prefix: &'static str| server.metric(prefix);
+    assert_eq!(at(r#"torchwire_requests_total{code="UNAUTHENTICATED",model="",rpc="Predict"}"#).await, Some(2.0));
+    assert_eq!(at(r#"torchwire_requests_total{code="PERMISSION_DENIED",model="",rpc="ListModels"}"#).await, Some(1.0));
+    assert_eq!(
+        at(r#"torchwire_rejected_requests_total{model="",reason="unauthorized",rpc="Predict"}"#).await,
+        Some(2.0)
+    );
+    let stats = server.inference().stats(with_key(api, torchwire::proto::StatsRequest::default())).await.unwrap();
+    let by_status = stats.into_inner().requests_by_status;
+    assert_eq!(by_status.get("UNAUTHENTICATED"), Some(&2), "{by_status:?}");
+    assert_eq!(by_status.get("PERMISSION_DENIED"), Some(&1), "{by_status:?}");
 }

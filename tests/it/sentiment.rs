@@ -4,7 +4,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-
 use std::path::{Path, PathBuf};
 
 use crate::common::{TestServer, fixtures_dir};
@@ -183,7 +182,7 @@ async fn bad_sentiment_requests_get_clear_errors_and_the_server_keeps_serving() 
         (
             "tabular model",
             SentimentRequest { text: "a".into(), model: "tiny_risk".into(), ..base.clone() },
-            "needs a text-classification model",
+            "texts need a text-classification model",
         ),
     ];
     for (what, req, want) in cases {

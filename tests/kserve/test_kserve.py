@@ -173,7 +173,7 @@ def test_errors_are_clear(server):
         return s.ModelInfer(req)
 
     expect_error(lambda: infer(name="nope"), grpc.StatusCode.NOT_FOUND, "model `nope` not found")
-    expect_error(lambda: infer(datatype="INT64"), grpc.StatusCode.INVALID_ARGUMENT, "takes FP32, got INT64")
+    expect_error(lambda: infer(datatype="INT64"), grpc.StatusCode.INVALID_ARGUMENT, "takes float32, got int64")
     expect_error(lambda: infer(datatype="COMPLEX"), grpc.StatusCode.INVALID_ARGUMENT, "unknown datatype")
     expect_error(lambda: infer(shape=(1, 5)), grpc.StatusCode.INVALID_ARGUMENT, "got 5 in dimension 1")
     expect_error(lambda: infer(raw=(ok_raw[:-1],)), grpc.StatusCode.INVALID_ARGUMENT, "needs 16 bytes, got 15")
