@@ -31,7 +31,7 @@ lint: setup
 	cargo fmt --check
 	cargo clippy --locked --all-targets -- -D warnings
 
-test: lint setup-system
+test: lint setup-system models
 	cargo test --locked
 	bash scripts/setup-triton.sh
 	cargo build --locked

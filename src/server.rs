@@ -89,21 +89,6 @@ pub async fn run_with_factory(
     if let Some(idle) = config.idle_unload {
         tokio::spawn(idle_unload_task(Arc::clone(&registry), idle, shutdown.clone()));
     }
-    // Each reflection version also lists the other, so `list` shows both whichever a client speaks.
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection()
-        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building reflection v1")?;
-    let reflection_v1alpha = reflection()
-        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .context("building reflection v1alpha")?;
-
     let addr = listener.local_addr().context("listener address")?;
     tracing::info!(
         %addr,
@@ -122,25 +107,60 @@ pub async fn run_with_factory(
         set_health(&health, ServingStatus::NotServing).await;
         tracing::info!("draining: no new connections, finishing in-flight requests");
     };
+    let routes = routes(&state, health_service)?;
+    let transport = transport_config(&state, tls);
+    transport::serve(listener, routes, shutdown, transport, drain).await;
+    tokio::task::spawn_blocking(move || registry.shutdown()).await.context("joining workers")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Every gRPC service the server answers: health, reflection (v1 and v1alpha, unless switched
+/// off), torchwire.v1 Inference and Admin, and KServe v2.
+fn routes(
+    state: &SharedState,
+    health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) -> anyhow::Result<Routes> {
+    let config = &state.config;
     let mut routes = Routes::builder();
-    routes.add_service(health_service);
+    routes.add_service(health);
     if config.reflection {
-        routes.add_service(reflection_v1).add_service(reflection_v1alpha);
+        // Each reflection version also lists the other, so `list` shows both whichever a client speaks.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let v1 = reflection()
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building reflection v1")?;
+        let v1alpha = reflection()
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .context("building reflection v1alpha")?;
+        routes.add_service(v1).add_service(v1alpha);
     }
     routes
         .add_service(
             // Answers are bounded by the request limits (rows, texts), not by this one.
-            InferenceServer::new(InferenceService::new(Arc::clone(&state)))
+            InferenceServer::new(InferenceService::new(Arc::clone(state)))
                 .max_decoding_message_size(config.max_message_bytes)
                 .max_encoding_message_size(usize::MAX),
         )
-        .add_service(AdminServer::new(AdminService::new(Arc::clone(&state))))
+        .add_service(AdminServer::new(AdminService::new(Arc::clone(state))))
         .add_service(
-            GrpcInferenceServiceServer::new(KserveService::new(Arc::clone(&state)))
+            GrpcInferenceServiceServer::new(KserveService::new(Arc::clone(state)))
                 .max_decoding_message_size(config.max_message_bytes)
                 .max_encoding_message_size(usize::MAX),
         );
-    let transport = TransportConfig {
+    Ok(routes.routes().prepare())
+}
+
+/// The transport's settings; calls it refuses itself are counted in the state's metrics.
+fn transport_config(state: &SharedState, tls: Option<tokio_rustls::TlsAcceptor>) -> TransportConfig {
+    let config = &state.config;
+    TransportConfig {
         grace: config.shutdown_grace,
         max_concurrent_streams: config.max_concurrent_streams,
         max_header_bytes: config.max_header_bytes,
@@ -153,14 +173,10 @@ pub async fn run_with_factory(
         tls,
         max_message_bytes: config.max_message_bytes,
         refused: {
-            let state = Arc::clone(&state);
+            let state = Arc::clone(state);
             Arc::new(move |rpc, error, latency| state.record_refused(rpc, error, latency))
         },
-    };
-    transport::serve(listener, routes.routes().prepare(), shutdown, transport, drain).await;
-    tokio::task::spawn_blocking(move || registry.shutdown()).await.context("joining workers")?;
-    tracing::info!("stopped");
-    Ok(())
+    }
 }
 
 async fn build_state(config: Config, factory: SharedFactory) -> anyhow::Result<SharedState> {

@@ -126,25 +126,52 @@ async fn a_full_queue_answers_resource_exhausted_at_once() {
     assert!(rejected > 0 && ok > 0, "ok {ok}, rejected {rejected}");
 }
 
+/// Waits until the model's queue depth (jobs queued or running) is `n`, proving that the jobs
+/// the test sent reached the worker's queue.
+async fn wait_for_queue_depth(server: &TestServer, n: f64) {
+    let gauge = r#"torchwire_queue_depth{device="cpu",model="tiny_risk"}"#;
+    for _ in 0..500 {
+        if server.metric(gauge).await == Some(n) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("queue depth never reached {n}: {:?}", server.metric(gauge).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_or_expired_request_is_never_computed() {
-    let factory = FakeFactory { forward_delay: Duration::from_millis(300), ..FakeFactory::default() };
+    let factory = FakeFactory { forward_delay: Duration::from_millis(400), ..FakeFactory::default() };
     let rows_seen = Arc::clone(&factory.rows_seen);
-    let server = TestServer::start_with(Config::for_tests(fixtures_dir()), Arc::new(factory)).await;
-    server.inference().predict(one_row(1.0)).await.unwrap();
+    // Calls without a grpc-timeout get 150 ms (the server's own default, no client timer).
+    let config = Config { default_timeout: Duration::from_millis(150), ..Config::for_tests(fixtures_dir()) };
+    let server = TestServer::start_with(config, Arc::new(factory)).await;
+    let patient = |v: f32| {
+        let mut req = tonic::Request::new(one_row(v));
+        req.set_timeout(Duration::from_secs(10));
+        req
+    };
+    server.inference().predict(patient(1.0)).await.unwrap();
     let before = rows_seen.load(Ordering::SeqCst);
     // Occupy the worker, then queue one request whose client gives up, and one whose deadline
-    // passes in the queue (the server's own 100 ms cap, no client timer).
+    // passes while it waits in the queue; the queue depth proves each reached the queue.
     let mut busy = server.inference();
-    let blocker = tokio::spawn(async move { busy.predict(one_row(2.0)).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let blocker = tokio::spawn(async move { busy.predict(patient(2.0)).await });
+    wait_for_queue_depth(&server, 1.0).await;
     let mut c = server.inference();
-    let cancelled = tokio::spawn(async move { c.predict(one_row(3.0)).await });
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cancelled = tokio::spawn(async move { c.predict(patient(3.0)).await });
+    wait_for_queue_depth(&server, 2.0).await;
+    let mut c = server.inference();
+    let expiring = tokio::spawn(async move { c.predict(one_row(4.0)).await });
+    wait_for_queue_depth(&server, 3.0).await;
     cancelled.abort();
+    let status = expiring.await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     blocker.await.unwrap().unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(rows_seen.load(Ordering::SeqCst), before + 1, "only the blocker ran; the cancelled job was dropped");
+    wait_for_queue_depth(&server, 0.0).await;
+    assert_eq!(rows_seen.load(Ordering::SeqCst), before + 1, "only the blocker ran");
+    let dropped = r#"torchwire_deadline_exceeded_total{model="tiny_risk",rpc="Predict",stage="queue"}"#;
+    assert_eq!(server.metric(dropped).await, Some(1.0), "the expired job was dropped by the worker, at the queue");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -171,3 +171,30 @@ async fn calls_refused_by_the_transport_are_counted() {
     assert_eq!(by_status.get("UNAUTHENTICATED"), Some(&2), "{by_status:?}");
     assert_eq!(by_status.get("PERMISSION_DENIED"), Some(&1), "{by_status:?}");
 }
+
+/// Stats and GetModel read one source for what a model runs with: a manifest's batch size shows
+/// in both (Stats used to report the device's defaults only, and `fp32` whatever the device).
+#[tokio::test]
+async fn stats_and_get_model_show_the_same_settings() {
+    let dir = std::env::temp_dir().join(format!("torchwire-settings-{}", std::process::id()));
+    let model = dir.join("capped");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::copy(fixtures_dir().join("tiny_risk/model.pt"), model.join("model.pt")).unwrap();
+    let manifest = std::fs::read_to_string(fixtures_dir().join("tiny_risk/model.toml")).unwrap();
+    std::fs::write(model.join("model.toml"), format!("{manifest}\n[batching]\nmax_batch_size = 3\n")).unwrap();
+    let server = TestServer::start(Config::for_tests(dir.clone())).await;
+    server.inference().predict(predict("capped", vec![50.0, 27.0, 110.0, 125.0])).await.unwrap();
+    let info = server
+        .admin()
+        .get_model(torchwire::proto::GetModelRequest { model: "capped".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let from_get_model = info.devices.iter().find(|d| d.device == "cpu").unwrap().settings.clone().unwrap();
+    let stats = server.inference().stats(StatsRequest::default()).await.unwrap().into_inner();
+    let from_stats = stats.models.iter().find(|m| m.model == "capped").unwrap().settings.clone().unwrap();
+    assert_eq!(from_get_model.max_batch_size, 3);
+    assert_eq!(from_stats, from_get_model);
+    assert_eq!(stats.devices[0].settings.as_ref().unwrap().precision, "fp32", "the CPU runs fp32");
+    std::fs::remove_dir_all(dir).unwrap();
+}
