@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::admission::AdmissionConfig;
 use crate::auth::{Keys, Secret, TlsFiles, read_key_file, validate_keys};
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, ConfigError, LogFormat};
 use crate::validate::Limits;
 
 /// torchwire: a gRPC server for TorchScript models.
@@ -196,7 +196,7 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     /// The bearer keys from the flags and key files.
-    fn keys(&self) -> Result<Keys, String> {
+    fn keys(&self) -> Result<Keys, ConfigError> {
         let mut api: Vec<Secret> = self.api_key.iter().map(Secret::new).collect();
         if let Some(f) = &self.api_key_file {
             api.extend(read_key_file(f).map_err(|e| format!("--api-key-file: {e}"))?);
@@ -253,9 +253,9 @@ pub struct PredictArgs {
 }
 
 impl TryFrom<ServeArgs> for Config {
-    type Error = String;
+    type Error = ConfigError;
 
-    fn try_from(a: ServeArgs) -> Result<Self, String> {
+    fn try_from(a: ServeArgs) -> Result<Self, ConfigError> {
         if a.default_timeout_ms == 0 || a.max_timeout_ms == 0 {
             return Err("--default-timeout-ms and --max-timeout-ms must be positive".into());
         }
@@ -362,7 +362,7 @@ mod tests {
         assert!(c.keys.admin.is_empty());
         let cli = Cli::try_parse_from(["torchwire", "serve", "--admin-key", "short"]).unwrap();
         let Command::Serve(args) = cli.command else { panic!("serve expected") };
-        assert!(Config::try_from(*args).unwrap_err().contains("16 characters"));
+        assert!(Config::try_from(*args).unwrap_err().0.contains("16 characters"));
         std::fs::remove_file(file).unwrap();
         // --tls-cert without --tls-key is a usage error.
         assert!(Cli::try_parse_from(["torchwire", "serve", "--tls-cert", "c.pem"]).is_err());
@@ -372,6 +372,6 @@ mod tests {
     fn zero_loaded_models_is_refused() {
         let cli = Cli::try_parse_from(["torchwire", "serve", "--max-loaded-models", "0"]).unwrap();
         let Command::Serve(args) = cli.command else { panic!("serve expected") };
-        assert!(Config::try_from(*args).unwrap_err().contains("--max-loaded-models"));
+        assert!(Config::try_from(*args).unwrap_err().0.contains("--max-loaded-models"));
     }
 }

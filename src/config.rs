@@ -142,3 +142,20 @@ impl Config {
         (cores / workers.max(1)).max(1)
     }
 }
+
+/// A flag value the server cannot start with: which flag, and what it must be.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl From<&str> for ConfigError {
+    fn from(s: &str) -> Self {
+        ConfigError(s.to_owned())
+    }
+}
+
+impl From<String> for ConfigError {
+    fn from(s: String) -> Self {
+        ConfigError(s)
+    }
+}
