@@ -60,7 +60,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TORCHWIRE_METRICS_RECORDING", default_value_t = true, action = clap::ArgAction::Set)]
     pub metrics_recording: bool,
     /// Largest gRPC request message, in bytes, that Inference and KServe decode; larger ones
-    /// get OUT_OF_RANGE (tonic's default is 4 MiB; tritonclient opens channels at 2 GiB).
+    /// get RESOURCE_EXHAUSTED naming the limit (tonic's default is 4 MiB; tritonclient opens
+    /// channels at 2 GiB).
     #[arg(long, env = "TORCHWIRE_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_message_bytes: usize,
     /// Seconds between process-memory samples in the Stats history.
@@ -143,8 +144,9 @@ pub struct ServeArgs {
     /// Inference requests handled at once across the server; past it, RESOURCE_EXHAUSTED at once.
     #[arg(long, env = "TORCHWIRE_MAX_INFLIGHT", default_value_t = 1024)]
     pub max_inflight: usize,
-    /// Per-client rate limit in requests per second (keyed by the x-api-key or authorization
-    /// header, else the peer address); 0 = off. Refusals carry a retry-after-ms trailer.
+    /// Per-client rate limit in requests per second (keyed by the fingerprint of the key the
+    /// server verified when keys are configured, else the peer address); 0 = off. Refusals
+    /// carry a retry-after-ms trailer.
     #[arg(long, env = "TORCHWIRE_RATE_LIMIT_RPS", default_value_t = 0.0)]
     pub rate_limit_rps: f64,
     /// Requests a client may send in a burst above the rate; 0 = the rate rounded up.
