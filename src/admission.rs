@@ -1,7 +1,7 @@
 //! Admission control at the boundary: a global in-flight limit (a semaphore, `try_acquire`, so
 //! an overloaded server says no at once instead of queueing) and an optional per-client rate
-//! limit (token buckets keyed by the call's client identity: the verified key's fingerprint, else the peer address). Per-model queue
-//! bounds live in the workers' channels.
+//! limit (token buckets keyed by the call's client identity: the verified key's fingerprint,
+//! else the peer address). Per-model queue bounds live in the workers' channels.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
