@@ -31,7 +31,10 @@ async fn fifty_load_unload_cycles_keep_memory_flat() {
     let server = TestServer::start(Config::for_tests(fixtures_dir())).await;
     let mut admin = server.admin();
     let cycle = |mut admin: torchwire::proto::admin_client::AdminClient<tonic::transport::Channel>| async move {
-        admin.load_model(LoadModelRequest { model: "tiny_risk".into(), device: "cpu".into(), pin: false }).await.unwrap();
+        admin
+            .load_model(LoadModelRequest { model: "tiny_risk".into(), device: "cpu".into(), pin: false })
+            .await
+            .unwrap();
         admin.unload_model(UnloadModelRequest { model: "tiny_risk".into(), device: "cpu".into() }).await.unwrap();
     };
     cycle(admin.clone()).await;

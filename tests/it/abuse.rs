@@ -6,11 +6,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use crate::common::{TestServer, fixtures_dir, frame, grpc_answer, grpc_request, h2_connect, tensor_predict};
+use bytes::Bytes;
 use torchwire::config::Config;
 use torchwire::proto::PredictRequest;
 

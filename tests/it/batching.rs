@@ -4,7 +4,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;

@@ -3,7 +3,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -3,7 +3,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-
 use std::process::{Command, Stdio};
 
 use crate::common::{TestServer, fixtures_dir};

@@ -4,7 +4,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

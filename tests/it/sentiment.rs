@@ -4,7 +4,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-
 use std::path::{Path, PathBuf};
 
 use crate::common::{TestServer, fixtures_dir};
