@@ -24,7 +24,6 @@
 pub mod admission;
 pub mod auth;
 pub mod batch;
-pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
