@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 ADDR   ?= 127.0.0.1:50051
 
-.PHONY: setup setup-system models build run test lint fixtures bench bench-more clean
+.PHONY: setup setup-system models build build-bench run test lint fixtures bench bench-more clean
 
 # Always runs: the script itself is idempotent (a stamp file) and refreshes the fixture
 # tokenizer copy in a few milliseconds.
@@ -24,15 +24,20 @@ models: setup
 build: setup
 	cargo build --release --locked
 
+# The benchmark harness (bench/, the workspace member torchwire-bench): load generator, gRPC
+# floor, raw forward timing, chart. Not part of the server binary or its image.
+build-bench: setup
+	cargo build --release --locked -p torchwire-bench
+
 run: models build
 	./target/release/torchwire serve --model-dir models --grpc-addr $(ADDR)
 
 lint: setup
 	cargo fmt --check
-	cargo clippy --locked --all-targets -- -D warnings
+	cargo clippy --locked --workspace --all-targets -- -D warnings
 
 test: lint setup-system models
-	cargo test --locked
+	cargo test --locked --workspace
 	bash scripts/setup-triton.sh
 	cargo build --locked
 	TORCHWIRE_BIN=target/debug/torchwire .venv-triton/bin/python -m pytest -q tests/kserve
@@ -43,12 +48,12 @@ test: lint setup-system models
 # repetitions per point, about 10 minutes (at most 15). Installs the peers on first use. Writes
 # benches/results/<date>.{json,png} and the suite's tables in BENCHMARKS.md. Pins server and
 # client apart. `$(PY) benches/suite.py --quick` tries it out in about 2 minutes.
-bench: models build setup-system
+bench: models build build-bench setup-system
 	$(PY) benches/suite.py
 
 # The earlier, narrower benchmarks (see BENCHMARKS.md): batching / deadlines / overload,
 # lifecycle, KServe via perf_analyzer against the Python baseline peer. A few minutes.
-bench-more: models build
+bench-more: models build build-bench
 	bash benches/batching.sh 5
 	bash benches/lifecycle.sh
 	bash benches/kserve.sh 10000

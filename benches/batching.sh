@@ -6,11 +6,12 @@
 # (open loop), showing p99 of admitted requests and how fast rejections come back.
 #
 # Server pinned to core 0, load generator to core 1 (taskset), libtorch at one intra-op thread.
-# Usage: benches/batching.sh [seconds per point, default 5]    (needs `make build models`)
+# Usage: benches/batching.sh [seconds per point, default 5]    (needs `make build build-bench models`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
 bin=./target/release/torchwire
+bench_bin=./target/release/torchwire-bench
 addr=127.0.0.1:50091
 text_model=${TEXT_MODEL:-sentiment}
 tab_model=${TAB_MODEL:-diabetes}
@@ -22,10 +23,10 @@ serve() { # serve EXTRA_FLAGS...
   until .venv/grpcurl -plaintext -d '{"service":""}' "$addr" grpc.health.v1.Health/Check >/dev/null 2>&1; do sleep 0.05; done
 }
 stop() { kill -TERM "$pid"; wait "$pid" || true; }
-bench() { taskset -c 1 "$bin" bench --addr "http://$addr" --duration "$secs" --warmup 1 "$@"; }
+bench() { taskset -c 1 "$bench_bin" load --addr "http://$addr" --duration "$secs" --warmup 1 "$@"; }
 
 echo "## raw forward pass (in-process, 1 thread, core 0)"
-taskset -c 0 "$bin" bench-raw --model-dir models --model "$text_model" --batch 1,4,8,16 --iters 100 --threads 1
+taskset -c 0 "$bench_bin" raw --model-dir models --model "$text_model" --batch 1,4,8,16 --iters 100 --threads 1
 
 for mode in on off; do
   if [ "$mode" = on ]; then serve; else serve --max-batch-size 1; fi

@@ -1,5 +1,5 @@
 """The raw forward pass of a text model's TorchScript file in Python (torch + tokenizers), for
-comparison with the same sentence through torchwire (`torchwire bench --rpc sentiment`).
+comparison with the same sentence through torchwire (`torchwire-bench load --rpc sentiment`).
 
     taskset -c 0 .venv/bin/python benches/python_forward.py [model dir] [threads]
 """

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Soak (not in CI): mixed Predict (diabetes) and Sentiment load from `torchwire bench` for
+# Soak (not in CI): mixed Predict (diabetes) and Sentiment load from `torchwire-bench load` for
 # SECS seconds (default 1800), 1% of each stream's requests deliberately malformed, against a
 # release server pinned to core 0 (clients on core 1). Samples the server's RSS every 30 s and
 # prints requests served, gRPC codes seen, and RSS at the start, middle and end with the
-# least-squares slope. Needs `make build models`.
+# least-squares slope. Needs `make build build-bench models`.
 #   benches/soak.sh [SECS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-1800}
 B=./target/release/torchwire
+L=./target/release/torchwire-bench
 A=127.0.0.1:50131
 out=$(mktemp -d)
 taskset -c 0 $B serve --model-dir models --grpc-addr $A --metrics-addr off --log-level warn \
@@ -23,9 +24,9 @@ done
 .venv/grpcurl -plaintext -d '{"model":"sentiment"}' $A torchwire.v1.Admin/LoadModel >/dev/null
 
 common=(--addr "http://$A" --duration "$secs" --warmup 0 --malformed-percent 1 --json)
-taskset -c 1 $B bench --rpc predict --model diabetes --concurrency 4 "${common[@]}" > "$out/predict.json" &
+taskset -c 1 $L load --rpc predict --model diabetes --concurrency 4 "${common[@]}" > "$out/predict.json" &
 p1=$!
-taskset -c 1 $B bench --rpc sentiment --model sentiment --concurrency 4 "${common[@]}" > "$out/sentiment.json" &
+taskset -c 1 $L load --rpc sentiment --model sentiment --concurrency 4 "${common[@]}" > "$out/sentiment.json" &
 p2=$!
 
 t0=$(date +%s)

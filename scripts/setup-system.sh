@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Owns the Debian packages the build and the test suite use: `prometheus` (for promtool and a
-# real Prometheus server in the observability tests), and the DejaVu fonts `torchwire
-# bench-chart` draws its text with (read at run time; no font library is linked).
+# real Prometheus server in the observability tests), and the DejaVu fonts `torchwire-bench
+# chart` draws its text with (read at run time; no font library is linked).
 # Idempotent: installs only what is missing, and does nothing when everything is there. Needs
 # root (CI and the dev machines run as root); otherwise says what to install.
 set -euo pipefail

@@ -31,15 +31,6 @@ pub enum Command {
     Models(ClientArgs),
     /// Run a Predict against a running server with rows of named features.
     Predict(PredictArgs),
-    /// Load-test a running server (torchwire, the python-grpc peer or TorchServe): closed loop
-    /// at a fixed concurrency or open loop at a fixed rate; report throughput and latency.
-    Bench(crate::bench::BenchArgs),
-    /// Time a model's forward pass in-process through libtorch (the floor for `bench`).
-    BenchRaw(crate::bench::RawBenchArgs),
-    /// Serve torchwire.v1.Inference with constant answers and no model (the gRPC floor for `bench`).
-    BenchFloor(crate::bench::floor::FloorArgs),
-    /// Draw throughput against concurrency from a results file into a PNG.
-    BenchChart(crate::bench::chart::ChartArgs),
 }
 
 /// Flags of `torchwire serve`.

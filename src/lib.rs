@@ -33,7 +33,6 @@
 pub mod admission;
 pub mod auth;
 pub mod batch;
-pub mod bench;
 pub mod boundary;
 pub mod cli;
 pub mod client;

@@ -25,16 +25,6 @@ fn main() -> anyhow::Result<()> {
             torchwire::telemetry::init(LogFormat::Text, "warn", None)?;
             runtime.block_on(torchwire::client::models(args))
         }
-        Command::Bench(args) => {
-            torchwire::telemetry::init(LogFormat::Text, "warn", None)?;
-            runtime.block_on(torchwire::bench::run(args))
-        }
-        Command::BenchRaw(args) => torchwire::bench::run_raw(&args),
-        Command::BenchFloor(args) => {
-            torchwire::telemetry::init(LogFormat::Text, "warn", None)?;
-            runtime.block_on(torchwire::bench::floor::run_floor(args))
-        }
-        Command::BenchChart(args) => torchwire::bench::chart::run_chart(&args),
         Command::Predict(args) => {
             torchwire::telemetry::init(LogFormat::Text, "warn", None)?;
             runtime.block_on(torchwire::client::predict(args))

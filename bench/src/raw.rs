@@ -1,5 +1,5 @@
-//! `torchwire bench-raw`: a model's forward pass (and tokenisation, for text models) timed
-//! in-process through libtorch, the floor under what `torchwire bench` measures over gRPC.
+//! `torchwire-bench raw`: a model's forward pass (and tokenisation, for text models) timed
+//! in-process through libtorch, the floor under what `torchwire-bench load` measures over gRPC.
 //!
 //! Blocking and single-threaded by design: it runs on the caller's thread, outside any async
 //! runtime, so nothing but libtorch's own intra-op pool competes with it.
@@ -7,13 +7,16 @@
 use std::time::Instant;
 
 use clap::Args;
+use torchwire::device::Device;
+use torchwire::model::manifest::Repository;
+use torchwire::model::torch::TorchFactory;
+use torchwire::model::{BackendFactory, HostTensor, ModelKind};
+use torchwire::tokenize::TextEncoder;
 
-use super::{DEFAULT_TEXT, percentiles};
-use crate::device::Device;
-use crate::model::manifest::Repository;
-use crate::model::{BackendFactory, HostTensor, ModelKind};
+use crate::report::percentiles;
+use crate::workload::DEFAULT_TEXT;
 
-/// Flags of `torchwire bench-raw`.
+/// Flags of `torchwire-bench raw`.
 #[derive(Debug, Args, Clone)]
 pub struct RawBenchArgs {
     /// Model repository.
@@ -39,20 +42,15 @@ pub struct RawBenchArgs {
     pub json: bool,
 }
 
-/// Runs `torchwire bench-raw`: the forward pass (and tokenisation, for text models) in-process,
+/// Runs `torchwire-bench raw`: the forward pass (and tokenisation, for text models) in-process,
 /// on this thread, for each batch size. Blocking; call outside any async runtime.
 pub fn run_raw(args: &RawBenchArgs) -> anyhow::Result<()> {
     let _guard = tch::no_grad_guard();
     let repo = Repository::scan(&args.model_dir)?;
     let spec = repo.get(&args.model).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut backend =
-        crate::model::torch::TorchFactory.load(&spec, Device::Cpu, args.threads).map_err(anyhow::Error::msg)?;
-    let mut encoder = spec
-        .text
-        .as_ref()
-        .map(|t| crate::tokenize::TextEncoder::load(&t.tokenizer))
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
+    let mut backend = TorchFactory.load(&spec, Device::Cpu, args.threads).map_err(anyhow::Error::msg)?;
+    let mut encoder =
+        spec.text.as_ref().map(|t| TextEncoder::load(&t.tokenizer)).transpose().map_err(anyhow::Error::msg)?;
     for &batch in &args.batch {
         let mut tok_us = Vec::with_capacity(args.iters);
         let mut fwd_us = Vec::with_capacity(args.iters);

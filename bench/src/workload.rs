@@ -1,4 +1,4 @@
-//! What `torchwire bench` sends: rows of floats (read from a CSV file, or synthetic) and texts
+//! What `torchwire-bench load` sends: rows of floats (read from a CSV file, or synthetic) and texts
 //! (read from a file, or one repeated), cut into the per-request batches that the request
 //! templates of every target are built from.
 //!
@@ -8,6 +8,9 @@
 use std::path::Path;
 
 use anyhow::{Context, bail};
+
+/// A ~12-token English sentence (with special tokens), the default text of `load` and `raw`.
+pub const DEFAULT_TEXT: &str = "The service was quick and the food was really good.";
 
 /// Most distinct request bodies prepared for a run: requests cycle through them. A file whose
 /// rows do not divide evenly into requests would otherwise need up to `rows × lines` bodies.

@@ -1,7 +1,6 @@
-//! `torchwire bench`: one load generator for torchwire and for the peer servers it is compared
-//! with (python-grpc baseline, TorchServe), closed loop at a fixed concurrency or open loop at
-//! a fixed rate; plus the tools around it: `bench-raw` (the forward pass in-process), `bench-floor`
-//! (a tonic server with constant answers) and `bench-chart` (a PNG of the results).
+//! `torchwire-bench load`: one load generator for torchwire and for the peer servers it is
+//! compared with (python-grpc baseline, TorchServe), closed loop at a fixed concurrency or open
+//! loop at a fixed rate.
 //!
 //! ```text
 //! BenchArgs ──▶ workload  rows / texts (files or synthetic) cut into per-request batches
@@ -11,15 +10,8 @@
 //!
 //! Every response's gRPC status is checked and counted by code (and an OK answer with nothing
 //! in it counts as an error); latencies are recorded per request after the warm-up and
-//! summarised as percentiles. [`measure`] returns a [`Report`]; [`run`] prints it.
+//! summarised as percentiles (`report.rs`). [`measure`] returns a [`Report`]; [`run`] prints it.
 
-pub mod chart;
-pub mod floor;
-pub mod peers;
-mod raw;
-pub mod workload;
-
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,37 +19,21 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use tonic::client::Grpc;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
+use torchwire::proto::GetModelRequest;
+use torchwire::proto::admin_client::AdminClient;
 
-pub use peers::BenchTarget;
-use peers::{Outcome, Requests};
-pub use raw::{RawBenchArgs, run_raw};
+use crate::peers::{BenchRpc, BenchTarget, Outcome, Requests};
+use crate::report::{Report, Sample, percentiles};
+use crate::workload::{self, DEFAULT_TEXT};
 
-use crate::proto::GetModelRequest;
-use crate::proto::admin_client::AdminClient;
-
-/// A ~12-token English sentence (with special tokens), the default text.
-pub const DEFAULT_TEXT: &str = "The service was quick and the food was really good.";
-
-/// Which RPC a benchmark drives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum BenchRpc {
-    /// Tabular rows of float features: torchwire Predict, python Predict, TorchServe's tabular
-    /// handler.
-    Predict,
-    /// Texts: torchwire Sentiment, python ClassifyText, TorchServe's text handler.
-    Sentiment,
-    /// Tabular rows as one FP32 tensor through KServe v2 `ModelInfer` (torchwire and the
-    /// python peer; raw_input_contents, as tritonclient sends them).
-    Infer,
-}
-
-/// Flags of `torchwire bench`.
+/// Flags of `torchwire-bench load`.
 #[derive(Debug, Args, Clone)]
 pub struct BenchArgs {
-    /// Server to drive: torchwire (or bench-floor), the python-grpc peer, or TorchServe.
+    /// Server to drive: torchwire (or `torchwire-bench floor`), the python-grpc peer, or TorchServe.
     #[arg(long, value_enum, default_value = "torchwire")]
     pub target: BenchTarget,
     /// Server address (`http://` is added when missing). Default: torchwire 127.0.0.1:50051,
@@ -71,7 +47,7 @@ pub struct BenchArgs {
     /// the server's default text model; torchwire Predict needs it unless `--features` is given.
     #[arg(long)]
     pub model: Option<String>,
-    /// Features per tabular row. Needed for python and torchserve (and bench-floor); for
+    /// Features per tabular row. Needed for python and torchserve (and the floor); for
     /// torchwire, when absent, the model's input shape is asked of Admin.GetModel.
     #[arg(long)]
     pub features: Option<usize>,
@@ -122,167 +98,11 @@ pub struct BenchArgs {
     pub malformed_percent: f64,
 }
 
-/// Latency percentiles in microseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Percentiles {
-    /// Median.
-    pub p50: f64,
-    /// 90th.
-    pub p90: f64,
-    /// 99th.
-    pub p99: f64,
-    /// 99.9th.
-    pub p999: f64,
-    /// Largest.
-    pub max: f64,
-}
-
-/// Nearest-rank percentiles of `us` (sorted in place).
-pub fn percentiles(us: &mut [u64]) -> Percentiles {
-    if us.is_empty() {
-        return Percentiles::default();
-    }
-    us.sort_unstable();
-    let at = |q: f64| us[((q * us.len() as f64).ceil() as usize).clamp(1, us.len()) - 1] as f64;
-    Percentiles { p50: at(0.50), p90: at(0.90), p99: at(0.99), p999: at(0.999), max: us[us.len() - 1] as f64 }
-}
-
-/// What one `torchwire bench` run measured.
-#[derive(Debug, Clone)]
-pub struct Report {
-    /// Server kind driven.
-    pub target: BenchTarget,
-    /// RPC driven.
-    pub rpc: BenchRpc,
-    /// Model name sent (empty: the server's default).
-    pub model: String,
-    /// Requests in flight (closed loop) or the cap on outstanding requests (open loop).
-    pub concurrency: usize,
-    /// HTTP/2 connections.
-    pub connections: usize,
-    /// Rows (or texts) per request.
-    pub rows: usize,
-    /// Open-loop rate asked for, requests/s; 0 for a closed loop.
-    pub rate: f64,
-    /// Seconds measured (after the warm-up).
-    pub duration_s: f64,
-    /// Requests answered OK in the measured window.
-    pub requests: u64,
-    /// Requests answered with anything else (a gRPC error, or an OK answer with nothing in
-    /// it). Open-loop requests never sent (`client_overrun`) are in `codes` only.
-    pub errors: u64,
-    /// OK requests per second.
-    pub requests_per_s: f64,
-    /// Rows (or texts) answered OK per second.
-    pub rows_per_s: f64,
-    /// Latency of OK requests.
-    pub latency_us: Percentiles,
-    /// Latency of failed requests.
-    pub error_latency_us: Percentiles,
-    /// Outcomes by code: `OK`, gRPC code names, answer-check labels, `client_overrun`.
-    pub codes: BTreeMap<String, u64>,
-}
-
-impl Report {
-    /// The `--json` object: the fields `bench` has always printed plus target, connections,
-    /// duration, request and error counts.
-    pub fn to_json(&self) -> serde_json::Value {
-        let tenth = |v: f64| (v * 10.0).round() / 10.0;
-        serde_json::json!({
-            "target": self.target.name(),
-            "rpc": format!("{:?}", self.rpc),
-            "model": self.model,
-            "concurrency": self.concurrency,
-            "connections": self.connections,
-            "rows": self.rows,
-            "rate": self.rate,
-            "duration_s": self.duration_s,
-            "requests": self.requests,
-            "errors": self.errors,
-            "requests_per_s": tenth(self.requests_per_s),
-            "rows_per_s": tenth(self.rows_per_s),
-            "p50_us": self.latency_us.p50,
-            "p90_us": self.latency_us.p90,
-            "p99_us": self.latency_us.p99,
-            "p999_us": self.latency_us.p999,
-            "max_us": self.latency_us.max,
-            "error_p99_us": self.error_latency_us.p99,
-            "codes": self.codes,
-        })
-    }
-
-    /// One line for people.
-    pub fn summary(&self) -> String {
-        let errors = if self.errors == 0 {
-            String::new()
-        } else {
-            format!(
-                "; {} errors answered in p50 {} p99 {} us",
-                self.errors, self.error_latency_us.p50, self.error_latency_us.p99
-            )
-        };
-        let model = if self.model.is_empty() { "(default model)" } else { &self.model };
-        let lat = self.latency_us;
-        format!(
-            "{} {:?} {model} concurrency {} connections {} rows {}: {} OK in {} s, {:.1} req/s, {:.1} rows/s; latency us p50 {} p90 {} p99 {} p99.9 {} max {}; codes {:?}{errors}",
-            self.target.name(),
-            self.rpc,
-            self.concurrency,
-            self.connections,
-            self.rows,
-            self.requests,
-            self.duration_s,
-            self.requests_per_s,
-            self.rows_per_s,
-            lat.p50,
-            lat.p90,
-            lat.p99,
-            lat.p999,
-            lat.max,
-            self.codes,
-        )
-    }
-}
-
-#[derive(Default)]
-struct Sample {
-    ok_us: Vec<u64>,
-    err_us: Vec<u64>,
-    codes: BTreeMap<String, u64>,
-    rows: u64,
-}
-
-impl Sample {
-    fn merge(&mut self, s: Sample) {
-        self.ok_us.extend(s.ok_us);
-        self.err_us.extend(s.err_us);
-        self.rows += s.rows;
-        for (k, v) in s.codes {
-            *self.codes.entry(k).or_default() += v;
-        }
-    }
-
-    fn record(&mut self, outcome: Outcome, rows: u64, us: u64) {
-        let code = match outcome {
-            Ok(()) => {
-                self.ok_us.push(us);
-                self.rows += rows;
-                "OK".to_owned()
-            }
-            Err(label) => {
-                self.err_us.push(us);
-                label
-            }
-        };
-        *self.codes.entry(code).or_default() += 1;
-    }
-}
-
 /// What every sending task shares.
 struct Plan {
     requests: Requests,
     /// `authorization` metadata sent with every request.
-    auth: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    auth: Option<MetadataValue<Ascii>>,
     /// Malformed variants of `requests`, sent for `malformed_percent` of the requests.
     malformed: Option<(Requests, f64)>,
     /// Which body the next request sends; requests cycle through the bodies.
@@ -369,7 +189,7 @@ async fn open_loop(rate: f64, concurrency: usize, channels: &[Channel], plan: &A
     s
 }
 
-/// Runs `torchwire bench` and prints its report: a line of text, or JSON with `--json`. The
+/// Runs `torchwire-bench load` and prints its report: a line of text, or JSON with `--json`. The
 /// progress bar shows only on a terminal and never with `--json`.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let progress = std::io::stderr().is_terminal() && !args.json;
@@ -384,31 +204,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 /// Connects, warms up, measures and returns the report; `progress` draws a bar on stderr.
 pub async fn measure(args: &BenchArgs, progress: bool) -> anyhow::Result<Report> {
-    if args.concurrency == 0 || args.connections == 0 || args.rows == 0 {
-        bail!("--concurrency, --connections and --rows must be at least 1");
-    }
-    if !(args.duration > 0.0 && args.duration.is_finite() && args.warmup >= 0.0 && args.warmup.is_finite()) {
-        bail!("--duration must be positive and --warmup at least 0");
-    }
-    if !(args.rate >= 0.0 && args.rate.is_finite()) {
-        bail!("--rate must be a non-negative number");
-    }
-    if !(0.0..=100.0).contains(&args.malformed_percent) {
-        bail!("--malformed-percent must be between 0 and 100");
-    }
-    if args.malformed_percent > 0.0 && args.target != BenchTarget::Torchwire {
-        bail!("--malformed-percent is for the torchwire target only");
-    }
-    let addr = normalise_addr(args.addr.as_deref().unwrap_or(args.target.default_addr()));
-    let mut channels = Vec::with_capacity(args.connections);
-    for _ in 0..args.connections {
-        let channel = Endpoint::from_shared(addr.clone())
-            .with_context(|| format!("bad address {addr}"))?
-            .connect()
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
-        channels.push(channel);
-    }
+    check_args(args)?;
+    let channels = connect(args).await?;
     let (requests, model) = request_bodies(args, &channels[0]).await?;
     if requests.is_empty() {
         bail!("nothing to send");
@@ -418,7 +215,7 @@ pub async fn measure(args: &BenchArgs, progress: bool) -> anyhow::Result<Report>
     let end = measure_from + Duration::from_secs_f64(args.duration);
     let malformed = (args.malformed_percent > 0.0).then(|| (requests.malformed(), args.malformed_percent));
     let plan = Arc::new(Plan {
-        auth: crate::cli::bearer(args.key.as_deref())?,
+        auth: bearer(args.key.as_deref())?,
         requests,
         malformed,
         next: AtomicUsize::new(0),
@@ -463,8 +260,50 @@ pub async fn measure(args: &BenchArgs, progress: bool) -> anyhow::Result<Report>
     })
 }
 
+/// The flag combinations clap cannot check.
+fn check_args(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.concurrency == 0 || args.connections == 0 || args.rows == 0 {
+        bail!("--concurrency, --connections and --rows must be at least 1");
+    }
+    if !(args.duration > 0.0 && args.duration.is_finite() && args.warmup >= 0.0 && args.warmup.is_finite()) {
+        bail!("--duration must be positive and --warmup at least 0");
+    }
+    if !(args.rate >= 0.0 && args.rate.is_finite()) {
+        bail!("--rate must be a non-negative number");
+    }
+    if !(0.0..=100.0).contains(&args.malformed_percent) {
+        bail!("--malformed-percent must be between 0 and 100");
+    }
+    if args.malformed_percent > 0.0 && args.target != BenchTarget::Torchwire {
+        bail!("--malformed-percent is for the torchwire target only");
+    }
+    Ok(())
+}
+
+/// `--connections` HTTP/2 connections to the target, each opened before the run starts.
+async fn connect(args: &BenchArgs) -> anyhow::Result<Vec<Channel>> {
+    let addr = normalise_addr(args.addr.as_deref().unwrap_or(args.target.default_addr()));
+    let mut channels = Vec::with_capacity(args.connections);
+    for _ in 0..args.connections {
+        let channel = Endpoint::from_shared(addr.clone())
+            .with_context(|| format!("bad address {addr}"))?
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        channels.push(channel);
+    }
+    Ok(channels)
+}
+
 fn normalise_addr(addr: &str) -> String {
     if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") }
+}
+
+/// `Bearer <key>` as metadata, checked to be a valid header value. The server's client
+/// commands have their own copy (`torchwire::cli::bearer`); this crate keeps one so that the
+/// load generator does not reach into the server's command line.
+fn bearer(key: Option<&str>) -> anyhow::Result<Option<MetadataValue<Ascii>>> {
+    key.map(|k| format!("Bearer {k}").parse().map_err(|_| anyhow::anyhow!("--key must be printable ASCII"))).transpose()
 }
 
 /// The request bodies for `args` and the model name they carry.
@@ -472,22 +311,7 @@ async fn request_bodies(args: &BenchArgs, channel: &Channel) -> anyhow::Result<(
     if args.rpc == BenchRpc::Infer && args.target == BenchTarget::Torchserve {
         bail!("TorchServe does not speak KServe v2 gRPC; --rpc infer is for torchwire and python");
     }
-    let default_model = match args.rpc {
-        BenchRpc::Predict | BenchRpc::Infer => "tabular",
-        BenchRpc::Sentiment => "sentiment",
-    };
-    let model = match (&args.model, args.target) {
-        (Some(m), _) => m.clone(),
-        (None, BenchTarget::Python | BenchTarget::Torchserve) => default_model.to_owned(),
-        (None, BenchTarget::Torchwire) => {
-            if args.rpc != BenchRpc::Sentiment && args.features.is_none() {
-                bail!(
-                    "torchwire Predict needs --model (or --features, for a server without Admin such as bench-floor)"
-                );
-            }
-            String::new()
-        }
-    };
+    let model = model_name(args)?;
     if args.rpc == BenchRpc::Sentiment {
         let texts = match &args.text_file {
             Some(path) => workload::read_texts(path)?,
@@ -501,7 +325,32 @@ async fn request_bodies(args: &BenchArgs, channel: &Channel) -> anyhow::Result<(
         };
         return Ok((requests, model));
     }
+    let requests = row_requests(args, &model, channel).await?;
+    Ok((requests, model))
+}
 
+/// The model name requests carry: `--model`, else the peers' own names; empty for torchwire
+/// Sentiment (the server's default text model).
+fn model_name(args: &BenchArgs) -> anyhow::Result<String> {
+    let default_model = match args.rpc {
+        BenchRpc::Predict | BenchRpc::Infer => "tabular",
+        BenchRpc::Sentiment => "sentiment",
+    };
+    Ok(match (&args.model, args.target) {
+        (Some(m), _) => m.clone(),
+        (None, BenchTarget::Python | BenchTarget::Torchserve) => default_model.to_owned(),
+        (None, BenchTarget::Torchwire) => {
+            if args.rpc != BenchRpc::Sentiment && args.features.is_none() {
+                bail!("torchwire Predict needs --model (or --features, for a server without Admin such as the floor)");
+            }
+            String::new()
+        }
+    })
+}
+
+/// Predict or KServe Infer bodies: rows from `--input-file` or synthetic ones, as wide as
+/// `--features`, the file's rows, or the model's input.
+async fn row_requests(args: &BenchArgs, model: &str, channel: &Channel) -> anyhow::Result<Requests> {
     let file_rows = args.input_file.as_deref().map(workload::read_csv).transpose()?;
     let file_width = file_rows.as_ref().and_then(|rows| rows.first()).map(Vec::len);
     if let (Some(f), Some(w)) = (args.features, file_width)
@@ -509,26 +358,9 @@ async fn request_bodies(args: &BenchArgs, channel: &Channel) -> anyhow::Result<(
     {
         bail!("--features {f}, but the rows of --input-file have {w} values");
     }
-    // torchwire without --features: the model's input as Admin.GetModel reports it.
     let (input_name, inner_shape, width) = match (args.features, args.target) {
         (Some(f), _) => (String::new(), vec![i64::try_from(f)?], f),
-        (None, BenchTarget::Torchwire) => {
-            let mut req = tonic::Request::new(GetModelRequest { model: model.clone() });
-            if let Some(auth) = crate::cli::bearer(args.key.as_deref())? {
-                req.metadata_mut().insert("authorization", auth);
-            }
-            let info = AdminClient::new(channel.clone())
-                .get_model(req)
-                .await
-                .with_context(|| format!("asking Admin.GetModel for {model:?} (or give --features)"))?
-                .into_inner();
-            let input = info.inputs.first().context("model has no inputs")?;
-            let width: i64 = input.shape.iter().skip(1).product();
-            if width <= 0 || input.shape.is_empty() {
-                bail!("bench predict needs fixed feature dimensions, model has shape {:?}", input.shape);
-            }
-            (input.name.clone(), input.shape[1..].to_vec(), usize::try_from(width)?)
-        }
+        (None, BenchTarget::Torchwire) => model_input(args, model, channel).await?,
         (None, _) => match file_width {
             Some(w) => (String::new(), vec![i64::try_from(w)?], w),
             None => bail!("--target {} needs --features N (or --input-file)", args.target.name()),
@@ -553,14 +385,33 @@ async fn request_bodies(args: &BenchArgs, channel: &Channel) -> anyhow::Result<(
             BenchTarget::Torchwire => "features".to_owned(),
             _ => "INPUT__0".to_owned(),
         };
-        return Ok((Requests::kserve_infer(&model, &name, &inner_shape, batches), model));
+        return Ok(Requests::kserve_infer(model, &name, &inner_shape, batches));
     }
-    let requests = match args.target {
-        BenchTarget::Torchwire => Requests::torchwire_predict(&model, &input_name, &inner_shape, batches),
-        BenchTarget::Python => Requests::python_predict(&model, batches)?,
-        BenchTarget::Torchserve => Requests::torchserve_predict(&model, batches)?,
-    };
-    Ok((requests, model))
+    Ok(match args.target {
+        BenchTarget::Torchwire => Requests::torchwire_predict(model, &input_name, &inner_shape, batches),
+        BenchTarget::Python => Requests::python_predict(model, batches)?,
+        BenchTarget::Torchserve => Requests::torchserve_predict(model, batches)?,
+    })
+}
+
+/// torchwire without `--features`: the model's first input as Admin.GetModel reports it:
+/// (name, dimensions after the batch one, features per row).
+async fn model_input(args: &BenchArgs, model: &str, channel: &Channel) -> anyhow::Result<(String, Vec<i64>, usize)> {
+    let mut req = tonic::Request::new(GetModelRequest { model: model.to_owned() });
+    if let Some(auth) = bearer(args.key.as_deref())? {
+        req.metadata_mut().insert("authorization", auth);
+    }
+    let info = AdminClient::new(channel.clone())
+        .get_model(req)
+        .await
+        .with_context(|| format!("asking Admin.GetModel for {model:?} (or give --features)"))?
+        .into_inner();
+    let input = info.inputs.first().context("model has no inputs")?;
+    let width: i64 = input.shape.iter().skip(1).product();
+    if width <= 0 || input.shape.is_empty() {
+        bail!("load --rpc predict needs fixed feature dimensions, model has shape {:?}", input.shape);
+    }
+    Ok((input.name.clone(), input.shape[1..].to_vec(), usize::try_from(width)?))
 }
 
 /// The progress bar: a task that redraws it four times a second from the plan's counters.
@@ -609,46 +460,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn nearest_rank_percentiles() {
-        let mut v: Vec<u64> = (1..=1000).rev().collect();
-        let p = percentiles(&mut v);
-        assert_eq!((p.p50, p.p90, p.p99, p.p999, p.max), (500.0, 900.0, 990.0, 999.0, 1000.0));
-        assert_eq!(percentiles(&mut []).p50, 0.0);
-    }
-
-    #[test]
     fn addresses_get_a_scheme() {
         assert_eq!(normalise_addr("127.0.0.1:7070"), "http://127.0.0.1:7070");
         assert_eq!(normalise_addr("http://h:1"), "http://h:1");
-    }
-
-    #[test]
-    fn json_report_keeps_the_old_fields_and_adds_counts() {
-        let report = Report {
-            target: BenchTarget::Python,
-            rpc: BenchRpc::Predict,
-            model: "tabular".into(),
-            concurrency: 4,
-            connections: 2,
-            rows: 1,
-            rate: 0.0,
-            duration_s: 2.0,
-            requests: 10,
-            errors: 1,
-            requests_per_s: 5.0,
-            rows_per_s: 5.0,
-            latency_us: Percentiles { p50: 1.0, p90: 2.0, p99: 3.0, p999: 4.0, max: 5.0 },
-            error_latency_us: Percentiles::default(),
-            codes: [("OK".to_owned(), 10), ("Unavailable".to_owned(), 1)].into(),
-        };
-        let j = report.to_json();
-        assert_eq!(j["target"], "python");
-        assert_eq!(j["rpc"], "Predict");
-        assert_eq!((j["requests"].as_u64(), j["errors"].as_u64()), (Some(10), Some(1)));
-        assert_eq!(j["codes"]["Unavailable"], 1);
-        for key in ["concurrency", "connections", "duration_s", "rows_per_s", "p999_us", "max_us", "error_p99_us"] {
-            assert!(j.get(key).is_some(), "{key} missing");
-        }
-        assert!(report.summary().contains("5.0 req/s"));
     }
 }

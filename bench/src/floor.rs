@@ -1,5 +1,5 @@
-//! `torchwire bench-floor`: the gRPC floor. A bare `tonic::transport::Server` with default
-//! settings serving `torchwire.v1.Inference` with constant answers, so `torchwire bench`
+//! `torchwire-bench floor`: the gRPC floor. A bare `tonic::transport::Server` with default
+//! settings serving `torchwire.v1.Inference` with constant answers, so `torchwire-bench load`
 //! against it measures what HTTP/2, protobuf and tonic cost with no model, no validation, no
 //! queue and no metrics: the most any server on this stack could do on this machine.
 //!
@@ -16,8 +16,7 @@ use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
-
-use crate::proto::{self, inference_server::Inference, inference_server::InferenceServer};
+use torchwire::proto::{self, inference_server::Inference, inference_server::InferenceServer};
 
 /// The probabilities every floor answer carries, per row: label index 1 wins.
 const PROBABILITIES: [f32; 2] = [0.25, 0.75];
@@ -26,7 +25,7 @@ const SENTIMENT_LABELS: [&str; 2] = ["negative", "positive"];
 /// Tokens a floor Sentiment answer claims each text had.
 const FLOOR_TOKENS: i32 = 12;
 
-/// Flags of `torchwire bench-floor`.
+/// Flags of `torchwire-bench floor`.
 #[derive(Debug, Args, Clone)]
 pub struct FloorArgs {
     /// Address the floor server listens on.
@@ -117,11 +116,11 @@ pub async fn serve_floor(listener: TcpListener, shutdown: impl Future<Output = (
         .context("serving the gRPC floor")
 }
 
-/// Runs `torchwire bench-floor` until SIGTERM or Ctrl-C.
+/// Runs `torchwire-bench floor` until SIGTERM or Ctrl-C.
 pub async fn run_floor(args: FloorArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.grpc_addr).await.with_context(|| format!("binding {}", args.grpc_addr))?;
-    eprintln!("bench-floor: torchwire.v1.Inference with constant answers on {}", listener.local_addr()?);
-    let token = crate::shutdown::on_signals();
+    eprintln!("torchwire-bench floor: torchwire.v1.Inference with constant answers on {}", listener.local_addr()?);
+    let token = torchwire::shutdown::on_signals();
     serve_floor(listener, async move { token.cancelled().await }).await
 }
 

@@ -1,5 +1,6 @@
-//! `torchwire bench` end to end, in-process: the gRPC floor (`serve_floor`) on an ephemeral
-//! port, driven by the bench library function with arguments parsed as the CLI parses them.
+//! `torchwire-bench load` end to end, in-process: the gRPC floor (`serve_floor`) on an
+//! ephemeral port, or the real server over the committed fixtures, driven by the load
+//! generator's library function with arguments parsed as the CLI parses them.
 //! No model and no peer server is needed; the python and TorchServe targets are checked to
 //! count a server that does not speak their API as errors, not as throughput.
 
@@ -10,8 +11,9 @@ use std::net::SocketAddr;
 use clap::Parser;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use torchwire::bench::{BenchArgs, Report, measure};
-use torchwire::cli::{Cli, Command};
+use torchwire_bench::cli::{Cli, Command};
+use torchwire_bench::load::{BenchArgs, measure};
+use torchwire_bench::report::Report;
 
 /// The floor on 127.0.0.1:0; stops when the token is cancelled.
 struct Floor {
@@ -26,7 +28,7 @@ impl Floor {
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
         let token = stop.clone();
-        let task = tokio::spawn(torchwire::bench::floor::serve_floor(listener, async move { token.cancelled().await }));
+        let task = tokio::spawn(torchwire_bench::floor::serve_floor(listener, async move { token.cancelled().await }));
         Floor { addr, stop, task }
     }
 
@@ -38,11 +40,11 @@ impl Floor {
 
 fn bench_args(addr: SocketAddr, extra: &[&str]) -> BenchArgs {
     let addr = addr.to_string();
-    let mut argv = vec!["torchwire", "bench", "--addr", &addr, "--duration", "0.5", "--warmup", "0.1"];
+    let mut argv = vec!["torchwire-bench", "load", "--addr", &addr, "--duration", "0.5", "--warmup", "0.1"];
     argv.extend_from_slice(extra);
     match Cli::try_parse_from(argv).unwrap().command {
-        Command::Bench(args) => args,
-        other => panic!("bench expected, got {other:?}"),
+        Command::Load(args) => args,
+        other => panic!("load expected, got {other:?}"),
     }
 }
 
@@ -53,7 +55,8 @@ async fn real_server(
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/fixtures");
+    // The fixtures live with the server crate, one level up from this one.
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/fixtures");
     let mut config = torchwire::config::Config::for_tests(dir);
     edit(&mut config);
     let server = tokio::spawn(torchwire::server::run(

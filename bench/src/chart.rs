@@ -1,12 +1,13 @@
-//! `torchwire bench-chart`: a PNG of throughput against concurrency from a results file.
+//! `torchwire-bench chart`: a PNG of throughput against concurrency from a results file.
 //!
 //! Reads the results file's top-level `"chart"` object (one panel per scenario, each with
 //! series of `[x, median, min, max]` points and optional horizontal limits) and draws the
 //! panels side by side with plotters' bitmap backend: log-2 x axis ticked at the x values
 //! present, a line with points and min–max error bars per series, dashed limits, a legend.
 //! Text is drawn with ab_glyph from a TrueType file read at run time (`TORCHWIRE_CHART_FONT`,
-//! else DejaVu Sans from Debian's fonts-dejavu-core), so the server binary links no font
-//! library; a machine without the font fails here with an error, not a blank chart. Owns no measuring: the numbers come from whoever ran the bench.
+//! else DejaVu Sans from Debian's fonts-dejavu-core), so no font is compiled in; a machine
+//! without the font fails here with an error, not a blank chart. Owns no measuring: the numbers
+//! come from whoever ran the load.
 
 use std::path::{Path, PathBuf};
 
@@ -20,7 +21,7 @@ const PANEL_WIDTH: u32 = 800;
 /// Height of the PNG, in pixels.
 const HEIGHT: u32 = 600;
 
-/// Flags of `torchwire bench-chart`.
+/// Flags of `torchwire-bench chart`.
 #[derive(Debug, Args, Clone)]
 pub struct ChartArgs {
     /// JSON results file with a top-level `"chart"` object.
@@ -116,11 +117,11 @@ pub fn read_chart(path: &Path) -> anyhow::Result<ChartSpec> {
     Ok(file.chart)
 }
 
-/// Runs `torchwire bench-chart`.
+/// Runs `torchwire-bench chart`.
 pub fn run_chart(args: &ChartArgs) -> anyhow::Result<()> {
     let spec = read_chart(&args.results)?;
     render_chart(&spec, &args.out)?;
-    eprintln!("bench-chart: wrote {}", args.out.display());
+    eprintln!("torchwire-bench chart: wrote {}", args.out.display());
     Ok(())
 }
 

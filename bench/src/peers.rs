@@ -1,4 +1,4 @@
-//! The wire side of `torchwire bench`: request bodies for each target server and the one call
+//! The wire side of `torchwire-bench load`: request bodies for each target server and the one call
 //! that sends a body and checks the answer.
 //!
 //! The peers' messages are written by hand with `prost::Message` (their protos are not part of
@@ -12,21 +12,34 @@
 
 use std::collections::HashMap;
 use std::time::Duration;
-use tonic::metadata::{Ascii, MetadataValue};
 
 use anyhow::Context;
 use clap::ValueEnum;
 use http::uri::PathAndQuery;
 use tonic::client::Grpc;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 use tonic_prost::ProstCodec;
 
-use crate::proto;
+use torchwire::proto;
 
-/// Which server `torchwire bench` drives.
+/// Which RPC a load run drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchRpc {
+    /// Tabular rows of float features: torchwire Predict, python Predict, TorchServe's tabular
+    /// handler.
+    Predict,
+    /// Texts: torchwire Sentiment, python ClassifyText, TorchServe's text handler.
+    Sentiment,
+    /// Tabular rows as one FP32 tensor through KServe v2 `ModelInfer` (torchwire and the
+    /// python peer; raw_input_contents, as tritonclient sends them).
+    Infer,
+}
+
+/// Which server `torchwire-bench load` drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BenchTarget {
-    /// torchwire itself (or `torchwire bench-floor`): `torchwire.v1.Inference`.
+    /// torchwire itself (or `torchwire-bench floor`): `torchwire.v1.Inference`.
     Torchwire,
     /// The python-grpc baseline in the peers folder: `serving.v1.Predictor`.
     Python,

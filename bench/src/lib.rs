@@ -1,0 +1,24 @@
+//! torchwire-bench: everything `make bench` needs that the server does not. The `torchwire`
+//! binary and its container image link none of it; this crate depends on the server library
+//! (proto types and clients, the model backend, the tokenizer, signal handling), never the
+//! other way round.
+//!
+//! ```text
+//! torchwire-bench load   ──▶ load      connections, closed / open loop, progress bar → Report
+//!                             ├▶ workload  rows / texts (files or synthetic) cut into batches
+//!                             └▶ peers     request bodies per target server; one call = send + check
+//! torchwire-bench raw    ──▶ raw       a model's forward pass in-process through libtorch
+//! torchwire-bench floor  ──▶ floor     torchwire.v1.Inference with constant answers, no model
+//! torchwire-bench chart  ──▶ chart     a PNG of throughput against concurrency from a results file
+//! ```
+//!
+//! `benches/suite.py` drives these subcommands against torchwire and its peers.
+
+pub mod chart;
+pub mod cli;
+pub mod floor;
+pub mod load;
+pub mod peers;
+pub mod raw;
+pub mod report;
+pub mod workload;
