@@ -98,6 +98,7 @@ async def run(args: argparse.Namespace) -> int:
         options.append(("grpc.service_config", json.dumps(RETRY_SERVICE_CONFIG)))
     payload = predict_request(args.model, ROW)
     records: list[tuple[float, float, str]] = []
+    details: list[str] = []  # the first failures' messages, for the log
     async with grpc.aio.insecure_channel(args.target, options=options) as channel:
         call = channel.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
         await asyncio.wait_for(channel.channel_ready(), 30)
@@ -108,6 +109,8 @@ async def run(args: argparse.Namespace) -> int:
                 code = "OK"
             except grpc.aio.AioRpcError as e:
                 code = e.code().name
+                if len(details) < 20:
+                    details.append(f"{code}: {e.details()}")
             records.append((due, time.time() - due, code))
 
         n = int(args.rate * args.seconds)
@@ -130,6 +133,8 @@ async def run(args: argparse.Namespace) -> int:
             w.writerow([f"{due:.6f}", f"{lat:.6f}", code])
     bad = sum(1 for r in records if r[2] != "OK")
     print(f"loadgen: {len(records)} requests in {sent_for:.1f}s ({len(records) / sent_for:.0f}/s), {bad} failed")
+    for d in details:
+        print(f"loadgen: failed: {d}")
     return 0
 
 

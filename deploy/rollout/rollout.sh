@@ -23,7 +23,7 @@
 # HAProxy also checks each replica's /readyz (same state as health "": not ready while preloading
 # or draining) every second, and retries a request whose connection to a replica failed.
 #
-# Environment: RATE (1000/s), SECONDS_TOTAL (120), STEADY (30: seconds of load before the rollout),
+# Environment: PRESTOP_OVERRIDE and ENDPOINTS=0 (stress variants, below), RATE (1000/s), SECONDS_TOTAL (120), STEADY (30: seconds of load before the rollout),
 # ENDPOINT_DELAY (1), LB_PORT (50300), BASE_PORT (50310: replica i serves gRPC on BASE_PORT+i,
 # metrics on BASE_PORT+100+i), OUT (target/rollout). Needs root for podman, haproxy (Debian;
 # installed when missing), python3-venv. Takes about 2.5 minutes per mode; not part of make test.
@@ -72,6 +72,10 @@ print(cmd[1], pod["terminationGracePeriodSeconds"], c["startupProbe"]["periodSec
       cm["TORCHWIRE_SHUTDOWN_GRACE_SECS"], cm["TORCHWIRE_PRELOAD"])
 EOF
 )
+# Stress variants (not what the manifests do): PRESTOP=0 sends SIGTERM at once; ENDPOINTS=0 never
+# takes a deleted replica out of the balancer, which then learns only from its own checks.
+PRESTOP=${PRESTOP_OVERRIDE:-$PRESTOP}
+ENDPOINTS=${ENDPOINTS:-1}
 log "from deploy/k8s: preStop sleep ${PRESTOP}s, terminationGracePeriodSeconds ${GRACE}, probe period ${PROBE_PERIOD}s, shutdown grace ${SHUTDOWN_GRACE}s, preload ${PRELOAD}"
 
 if [ "$RUNNER" = podman ]; then
@@ -192,8 +196,8 @@ backend torchwire
   balance roundrobin
   # HAProxy 2.6 cannot send a gRPC health request (its check bodies stop at the first NUL byte of
   # the 5-byte gRPC frame), so it checks /readyz, which follows the same state as health "".
-  # (`check-proto h1` on a `proto h2` server still checked over h2 here: `http-check connect
-  # proto h1` is what makes the check plain HTTP/1.1.)
+  # (check-proto h1 on a proto h2 server still checked over h2 here; http-check connect
+  # proto h1 is what makes the check plain HTTP/1.1.)
   option httpchk
   http-check connect proto h1
   http-check send meth GET uri /readyz ver HTTP/1.1 hdr host localhost
@@ -240,12 +244,14 @@ run_mode() { # noretry | retry
     lb_cmd "set server torchwire/r$new state ready" >/dev/null
     mark "ready r$new (in the balancer)"
     mark "delete r$i"
-    (
-      sleep "$ENDPOINT_DELAY"
-      lb_cmd "set server torchwire/r$i state maint" >/dev/null
-      mark "r$i out of the balancer"
-    ) &
-    pids+=($!)
+    if [ "$ENDPOINTS" = 1 ]; then
+      (
+        sleep "$ENDPOINT_DELAY"
+        lb_cmd "set server torchwire/r$i state maint" >/dev/null
+        mark "r$i out of the balancer"
+      ) &
+      pids+=($!)
+    fi
     (
       sleep "$PRESTOP"
       mark "SIGTERM r$i"
@@ -271,7 +277,7 @@ run_mode() { # noretry | retry
   wait "$lb_pid" 2>/dev/null || true
   for i in 0 1 2 3 4 5; do remove_replica "$i"; done
   grep -h -o '"message":"[^"]*drain[^"]*"' "$OUT"/replica-[0-2].log 2>/dev/null | sort | uniq -c >&2 || true
-  echo "== $mode ($RUNNER${IMAGE:+ $IMAGE}, $RATE req/s) marks:"
+  echo "== $mode ($RUNNER${IMAGE:+ $IMAGE}, $RATE req/s, preStop ${PRESTOP}s, endpoint removal $ENDPOINTS) marks:"
   awk -v t0="$(head -n1 "$marks" | cut -d' ' -f1)" '{ $1 = sprintf("%+7.2fs", $1 - t0); print }' "$marks"
   echo "== $mode report:"
   "$PY" deploy/rollout/loadgen.py report --records "$OUT/$mode.csv" --marks "$marks" | tee "$OUT/$mode.json"
