@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 ADDR   ?= 127.0.0.1:50051
 
-.PHONY: setup setup-system models build build-bench run test lint fixtures bench bench-more clean
+.PHONY: setup setup-system models build build-bench run test lint fixtures bench bench-more image rollout clean
 
 # Always runs: the script itself is idempotent (a stamp file) and refreshes the fixture
 # tokenizer copy in a few milliseconds.
@@ -57,6 +57,19 @@ bench-more: models build build-bench
 	bash benches/batching.sh 5
 	bash benches/lifecycle.sh
 	bash benches/kserve.sh 10000
+
+# The container image, built and run for real without a Docker engine (issue #18; see
+# deploy/README.md): debootstraps the base, builds deploy/docker/Dockerfile's `prebuilt` target
+# with buildah from the host's binary, libraries and models, runs it with podman (non-root,
+# read-only root file system) and smoke-tests it. Several minutes; not part of `make test`.
+# IMAGE_ARGS=--cpu builds the CPU-only variant (torchwire:0.1.0-cpu).
+image: models build
+	bash scripts/image-check.sh $(IMAGE_ARGS)
+
+# A rolling update of 3 replicas behind HAProxy at 1,000 req/s, without and with a client retry
+# policy (deploy/rollout/rollout.sh; about 5 minutes). Needs the image (make image).
+rollout:
+	bash deploy/rollout/rollout.sh
 
 # Regenerates the committed test fixtures (deterministic).
 fixtures: setup

@@ -33,6 +33,11 @@ if [ ! -x "$TORCHWIRE_BIN" ]; then
 fi
 
 step() { echo "deploy-check: $*" >&2; }
+# The overlays are rendered with kubectl's built-in kustomize (v5); there is no fallback.
+if ! command -v kubectl >/dev/null || ! kubectl kustomize --help >/dev/null 2>&1; then
+  echo "deploy-check: kubectl (with kustomize v5) is needed to render deploy/k8s; install kubectl" >&2
+  exit 1
+fi
 step "hadolint deploy/docker/Dockerfile"
 "$venv/bin/hadolint" deploy/docker/Dockerfile
 step "yamllint --strict -c deploy/.yamllint deploy"

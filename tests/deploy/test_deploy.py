@@ -5,7 +5,8 @@ layout, and negative cases proving the validators reject broken input.
 
 Run by scripts/deploy-check.sh (`.venv-tools/bin/python -m pytest -q tests/deploy`), which
 installs the tools. Needs: TORCHWIRE_BIN (default target/debug/torchwire), the project venv
-(.venv: libtorch, grpcurl; scripts/setup.sh), promtool and prometheus (scripts/setup-system.sh).
+(.venv: libtorch, grpcurl; scripts/setup.sh), promtool and prometheus (scripts/setup-system.sh),
+kubectl (its built-in kustomize renders the overlays).
 Scratch files go to target/deploy-check/.
 """
 
@@ -28,8 +29,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-import kustomize_lite
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -149,42 +148,28 @@ def parse_cpu(q) -> float:
 # rendering the overlays
 
 
-def kubectl_kustomize() -> str | None:
+def kubectl_kustomize() -> str:
+    """kubectl, whose `kustomize` subcommand (kustomize v5) renders the overlays. There is no
+    fallback renderer: a home-made one drifts from what `kubectl apply -k` does."""
     kubectl = shutil.which("kubectl")
-    if kubectl and run([kubectl, "kustomize", "--help"], timeout=30).returncode == 0:
-        return kubectl
-    return None
+    if not kubectl or run([kubectl, "kustomize", "--help"], timeout=30).returncode != 0:
+        pytest.fail("kubectl (with its built-in kustomize v5) is needed to render deploy/k8s: install kubectl")
+    return kubectl
 
 
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, tuple[Path, list[dict]]]:
-    """Each overlay rendered to target/deploy-check/rendered-<overlay>.yaml, with `kubectl
-    kustomize` (kustomize v5 built into kubectl) where kubectl is installed, else kustomize_lite."""
+    """Each overlay rendered with `kubectl kustomize` to target/deploy-check/rendered-<overlay>.yaml."""
     WORK.mkdir(parents=True, exist_ok=True)
     kubectl = kubectl_kustomize()
     out = {}
     for name in OVERLAYS:
-        folder = DEPLOY / "k8s" / "overlays" / name
-        if kubectl:
-            r = run([kubectl, "kustomize", folder], timeout=60)
-            assert r.returncode == 0, r.stderr
-            text = r.stdout
-        else:
-            text = yaml.safe_dump_all(kustomize_lite.render(folder), sort_keys=True)
+        r = run([kubectl, "kustomize", DEPLOY / "k8s" / "overlays" / name], timeout=60)
+        assert r.returncode == 0, r.stderr
         path = WORK / f"rendered-{name}.yaml"
-        path.write_text(text)
-        out[name] = (path, [d for d in yaml.safe_load_all(text) if d])
-    print(f"rendered with {'kubectl kustomize' if kubectl else 'tests/deploy/kustomize_lite.py'}")
+        path.write_text(r.stdout)
+        out[name] = (path, [d for d in yaml.safe_load_all(r.stdout) if d])
     return out
-
-
-def test_kustomize_lite_matches_kubectl(rendered):
-    if not kubectl_kustomize():
-        pytest.skip("kubectl not installed: the overlays were rendered with kustomize_lite")
-    for name in OVERLAYS:
-        ours = kustomize_lite.render(DEPLOY / "k8s" / "overlays" / name)
-        key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
-        assert sorted(ours, key=key) == sorted(rendered[name][1], key=key), name
 
 
 # ---------------------------------------------------------------------------------------------
