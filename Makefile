@@ -38,6 +38,7 @@ lint: setup
 
 test: lint setup-system
 	cargo test --locked --workspace
+	$(PY) -m unittest benches.suite.test_wire
 	bash scripts/setup-triton.sh
 	cargo build --locked
 	TORCHWIRE_BIN=target/debug/torchwire .venv-triton/bin/python -m pytest -q tests/kserve
@@ -45,7 +46,8 @@ test: lint setup-system
 
 # The benchmark suite (issue #8; see BENCHMARKS.md): torchwire next to its limits (raw libtorch
 # forward pass, a bare tonic server) and its peers (Python grpcio + torch, TorchServe 0.12), 3
-# repetitions per point, about 10 minutes (at most 15). Installs the peers on first use. Writes
+# repetitions per point, about 10 minutes (at most 15). Installs the peers on first use (from
+# $TORCHWIRE_PEERS_DIR, else shared/peers inside or beside the checkout). Writes
 # benches/results/<date>.{json,png} and the suite's tables in BENCHMARKS.md. Pins server and
 # client apart. `$(PY) benches/suite.py --quick` tries it out in about 2 minutes.
 bench: models build build-bench setup-system
