@@ -32,12 +32,17 @@ build-bench: setup
 run: models build
 	./target/release/torchwire serve --model-dir models --grpc-addr $(ADDR)
 
+# cargo-machete (installed once into .cargo-tools by scripts/setup-tools.sh) fails on a
+# dependency that no source file uses.
 lint: setup
+	bash scripts/setup-tools.sh
 	cargo fmt --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
+	.cargo-tools/bin/cargo-machete --skip-target-dir
 
 test: lint setup-system models
 	cargo test --locked --workspace
+	$(PY) -m unittest benches.suite.test_wire
 	bash scripts/setup-triton.sh
 	cargo build --locked
 	TORCHWIRE_BIN=target/debug/torchwire .venv-triton/bin/python -m pytest -q tests/kserve
@@ -45,7 +50,8 @@ test: lint setup-system models
 
 # The benchmark suite (issue #8; see BENCHMARKS.md): torchwire next to its limits (raw libtorch
 # forward pass, a bare tonic server) and its peers (Python grpcio + torch, TorchServe 0.12), 3
-# repetitions per point, about 10 minutes (at most 15). Installs the peers on first use. Writes
+# repetitions per point, about 10 minutes (at most 15). Installs the peers on first use (from
+# $TORCHWIRE_PEERS_DIR, else shared/peers inside or beside the checkout). Writes
 # benches/results/<date>.{json,png} and the suite's tables in BENCHMARKS.md. Pins server and
 # client apart. `$(PY) benches/suite.py --quick` tries it out in about 2 minutes.
 bench: models build build-bench setup-system

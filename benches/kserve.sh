@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # perf_analyzer 2.51.0 (from the tritonclient wheel) drives torchwire and the Python grpcio +
-# torch baseline peer (../shared/peers/python-grpc) over the same protocol, KServe v2 gRPC, on
-# the same TorchScript file, at concurrency 1, 4 and 16. Server pinned to core 0, perf_analyzer
-# to core 1. Needs `make build models`; installs the peer and perf_analyzer's two libraries.
+# torch baseline peer (python-grpc/ in $TORCHWIRE_PEERS_DIR, default ../shared/peers) over the
+# same protocol, KServe v2 gRPC, on the same TorchScript file, at concurrency 1, 4 and 16.
+# Server pinned to core 0, perf_analyzer to core 1. Needs `make build models`; installs the
+# peer and perf_analyzer's two libraries.
 # Usage: benches/kserve.sh [requests per measurement window, default 10000]
 # (async mode with count windows: perf_analyzer 2.51 never settles in synchronous time-window
 # mode at ~20k req/s on one core)
@@ -11,8 +12,9 @@ cd "$(dirname "$0")/.."
 window=${1:-10000}
 model=${MODEL:-diabetes}
 features=${FEATURES:-7}
+peers=${TORCHWIRE_PEERS_DIR:-../shared/peers}
 bash scripts/setup-triton.sh
-[ -d .venv-peers/python-grpc ] || bash ../shared/peers/setup.sh "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" .venv-peers
+[ -d .venv-peers/python-grpc ] || bash "$peers/setup.sh" "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" .venv-peers
 if ! ldconfig -p | grep -q libb64.so.0d; then
   [ "$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libb64-0d >/dev/null
 fi
@@ -41,7 +43,7 @@ pa 127.0.0.1:50095 "$model"
 kill -TERM $tw; wait $tw || true
 
 echo "## Python grpcio + torch baseline ($model, 4 workers, 1 torch thread)"
-PYTHONPATH=$PWD/.venv-peers/python-grpc taskset -c 0 .venv-peers/python-grpc/bin/python ../shared/peers/python-grpc/server.py \
+PYTHONPATH=$PWD/.venv-peers/python-grpc taskset -c 0 .venv-peers/python-grpc/bin/python "$peers/python-grpc/server.py" \
   --port 50096 --torch-threads 1 --workers 4 --tabular "models/$model/model.pt" --tabular-name "$model" \
   --features "$features" --text models/sentiment/model.pt --tokenizer models/sentiment/tokenizer.json >/dev/null 2>&1 &
 py=$!
