@@ -170,11 +170,13 @@ def report(args: argparse.Namespace) -> int:
         rows = [(float(r["due_epoch"]), float(r["latency_s"]), r["code"]) for r in csv.DictReader(f)]
     rows.sort()
     marks: dict[str, float] = {}
+    origin = None  # the first mark: rollout.sh prints the marks relative to it
     with open(args.marks) as f:
         for line in f:
             parts = line.split()
             if len(parts) >= 2:
                 marks.setdefault(parts[1], float(parts[0]))
+                origin = float(parts[0]) if origin is None else origin
     start, end = marks["rollout-start"], marks["rollout-end"]
     warm = rows[0][0] + args.warmup
     phases = {
@@ -187,6 +189,13 @@ def report(args: argparse.Namespace) -> int:
     out["rollout_seconds"] = round(end - start, 1)
     if "steady" in out and "rollout" in out:
         out["p99_ratio"] = round(out["rollout"]["p99_ms"] / out["steady"]["p99_ms"], 2)
+    # The seconds of the rollout with the highest p99, timed like the printed marks, so a spike can
+    # be matched to a replica starting or stopping.
+    seconds: dict[int, list[float]] = {}
+    for r in phases["rollout"]:
+        seconds.setdefault(math.floor(r[0] - origin), []).append(r[1])
+    worst = sorted(((pct(sorted(v), 99), t, len(v)) for t, v in seconds.items()), reverse=True)[:6]
+    out["worst_seconds"] = [f"+{t}s: p99 {p * 1e3:.0f} ms ({n} req)" for p, t, n in sorted(worst, key=lambda w: w[1])]
     fails = [r for r in rows if r[2] != "OK"]
     if fails:
         out["failures_at"] = sorted({round(r[0] - start, 1) for r in fails})[:20]

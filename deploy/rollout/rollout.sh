@@ -23,10 +23,32 @@
 # HAProxy also checks each replica's /readyz (same state as health "": not ready while preloading
 # or draining) every second, and retries a request whose connection to a replica failed.
 #
-# Environment: PRESTOP_OVERRIDE and ENDPOINTS=0 (stress variants, below), RATE (1000/s), SECONDS_TOTAL (120), STEADY (30: seconds of load before the rollout),
-# ENDPOINT_DELAY (1), LB_PORT (50300), BASE_PORT (50310: replica i serves gRPC on BASE_PORT+i,
-# metrics on BASE_PORT+100+i), OUT (target/rollout). Needs root for podman, haproxy (Debian;
-# installed when missing), python3-venv. Takes about 2.5 minutes per mode; not part of make test.
+# What a node does that this one machine would otherwise get wrong (issue 18's p99 attempts; the
+# figures are in deploy/README.md):
+# - PRECREATE=1 (default): the new replicas' containers are created before the load starts and
+#   only started at their turn. A node that has pulled the image creates a container in
+#   milliseconds (overlayfs); podman's vfs driver copies all 690 MB of the image instead (2.5 s of
+#   disk and CPU), which is not what a rollout costs. STORAGE=overlay uses podman's overlay driver
+#   (a separate store under /var/lib/containers/overlay-store, the image copied in on first use)
+#   instead; STORAGE=vfs (default) is the store scripts/image-check.sh builds into.
+# - START_SHARES=64 (default; 0 = off): a replica starts with cgroup cpu.shares 64 (1/16 of the
+#   default 1024) so its libtorch load and preload warm-up yield the CPU to the replicas that are
+#   serving, and gets 1024 back (podman update) once ready, before it joins the balancer. (On a
+#   real node the new pod has its own CPU request; here it shares 2 cores with the old ones.)
+# - SLOWSTART (default 5s; 0 = off): HAProxy's slowstart, so a replica that joins the balancer
+#   gets a share of requests that grows over that time instead of a third at once.
+# - PIN=1 (default with 2 or more CPUs; 0 = off): the load generator and HAProxy on CPU 0 (in a
+#   cluster the clients and the balancer are other machines), the replicas, podman and this
+#   script on the other CPUs (the node). A neighbour hogging CPU 1 then hurts more: nothing
+#   pinned can move away from it.
+# Exits are watched through the container's pid (kill -0), not by running podman every 100 ms.
+#
+# Environment: PRESTOP_OVERRIDE and ENDPOINTS=0 (stress variants, below), RATE (1000/s),
+# SECONDS_TOTAL (120), STEADY (30: seconds of load before the rollout), ENDPOINT_DELAY (1),
+# LB_PORT (50300), BASE_PORT (50310: replica i serves gRPC on BASE_PORT+i, metrics on
+# BASE_PORT+100+i), OUT (target/rollout), and the four above. Needs root for podman, haproxy
+# (Debian; installed when missing), python3-venv. Takes about 2.5 minutes per mode; not part of
+# make test.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -40,8 +62,28 @@ LB_PORT=${LB_PORT:-50300}
 BASE_PORT=${BASE_PORT:-50310}
 OUT=${OUT:-$root/target/rollout}
 RUNNER=${RUNNER:-podman}
+PRECREATE=${PRECREATE:-1}
+STORAGE=${STORAGE:-vfs}
+START_SHARES=${START_SHARES:-64}
+SLOWSTART=${SLOWSTART:-5s}
+PIN=${PIN:-$([ "$(nproc)" -ge 2 ] && echo 1 || echo 0)}
 # The same podman settings as scripts/image-check.sh (runc, explicit ulimits; see there).
-P=(podman --storage-driver vfs --cgroup-manager cgroupfs --events-backend none --runtime runc)
+PODMAN_OPTS=(--cgroup-manager cgroupfs --events-backend none --runtime runc)
+VFS=(podman --storage-driver vfs "${PODMAN_OPTS[@]}")
+case "$STORAGE" in
+  vfs) P=("${VFS[@]}") ;;
+  overlay) P=(podman --storage-driver overlay --root /var/lib/containers/overlay-store
+    --runroot /run/containers/overlay-store "${PODMAN_OPTS[@]}") ;;
+  *) echo "rollout: STORAGE is vfs or overlay, not $STORAGE" >&2; exit 2 ;;
+esac
+LB_PIN=() LOAD_PIN=() REPLICA_PIN=()
+if [ "$PIN" = 1 ]; then
+  # The client side (load generator, balancer) on CPU 0; everything of the "node" on CPU 1: the
+  # replicas, and this script with what it runs (podman, conmon, probes), which inherit it.
+  node_cpus=1-$(($(nproc) - 1))
+  LB_PIN=(taskset -c 0) LOAD_PIN=(taskset -c 0) REPLICA_PIN=(--cpuset-cpus "$node_cpus")
+  taskset -pc "$node_cpus" $$ >/dev/null
+fi
 ULIMITS=(--ulimit "nofile=$(ulimit -Hn):$(ulimit -Hn)" --ulimit nproc=4096:4096)
 mkdir -p "$OUT"
 log() { echo "rollout: $*" >&2; }
@@ -81,10 +123,17 @@ log "from deploy/k8s: preStop sleep ${PRESTOP}s, terminationGracePeriodSeconds $
 if [ "$RUNNER" = podman ]; then
   if [ -z "${IMAGE:-}" ]; then
     IMAGE=torchwire:0.1.0
-    "${P[@]}" image exists torchwire:0.1.0-cpu && IMAGE=torchwire:0.1.0-cpu
+    "${VFS[@]}" image exists torchwire:0.1.0-cpu && IMAGE=torchwire:0.1.0-cpu
   fi
-  "${P[@]}" image exists "$IMAGE" || { log "no image $IMAGE (scripts/image-check.sh)"; exit 1; }
-  log "replicas: podman run $IMAGE"
+  "${VFS[@]}" image exists "$IMAGE" || { log "no image $IMAGE (scripts/image-check.sh)"; exit 1; }
+  if [ "$STORAGE" = overlay ]; then
+    want=$("${VFS[@]}" image inspect -f '{{.Id}}' "$IMAGE")
+    if [ "$("${P[@]}" image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null)" != "$want" ]; then
+      log "copying $IMAGE from the vfs store into the overlay store"
+      "${P[@]}" pull -q "containers-storage:[vfs@/var/lib/containers/storage+/run/containers/storage]localhost/$IMAGE" >/dev/null
+    fi
+  fi
+  log "replicas: podman ($STORAGE) $IMAGE"
 else
   [ -x target/release/torchwire ] || cargo build --release --locked
   log "replicas: host binary target/release/torchwire"
@@ -94,25 +143,45 @@ fi
 grpc_port() { echo $((BASE_PORT + $1)); }
 metrics_port() { echo $((BASE_PORT + 100 + $1)); }
 
-start_replica() { # slot
-  local i=$1 env
-  env=(TORCHWIRE_GRPC_ADDR="127.0.0.1:$(grpc_port "$i")" TORCHWIRE_METRICS_ADDR="127.0.0.1:$(metrics_port "$i")"
+replica_env() { # slot -> REPLICA_ENV: deploy/k8s's configmap with loopback ports
+  REPLICA_ENV=(TORCHWIRE_GRPC_ADDR="127.0.0.1:$(grpc_port "$1")" TORCHWIRE_METRICS_ADDR="127.0.0.1:$(metrics_port "$1")"
     TORCHWIRE_PRELOAD="$PRELOAD" TORCHWIRE_READY_AFTER_PRELOAD=true TORCHWIRE_SHUTDOWN_GRACE_SECS="$SHUTDOWN_GRACE"
     TORCHWIRE_CPU_ONLY=true TORCHWIRE_LOG_FORMAT=json TORCHWIRE_INTRA_OP_THREADS=1)
+}
+
+create_replica() { # slot: podman create (with vfs, the copy of the image); nothing for the host binary
+  local i=$1 kv e=() shares=()
+  [ "$RUNNER" = podman ] || return 0
+  replica_env "$i"
+  for kv in "${REPLICA_ENV[@]}"; do e+=(-e "$kv"); done
+  [ "$START_SHARES" != 0 ] && shares=(--cpu-shares "$START_SHARES")
+  "${P[@]}" rm -f "tw-rollout-$i" >/dev/null 2>&1 || true
+  "${P[@]}" create --name "tw-rollout-$i" "${ULIMITS[@]}" --read-only --tmpfs /tmp --user 10001:10001 --network host \
+    --cap-drop ALL --security-opt no-new-privileges "${shares[@]}" "${REPLICA_PIN[@]}" "${e[@]}" "$IMAGE" >/dev/null
+}
+
+start_replica() { # slot: starts the replica (creating its container first unless created ahead)
+  local i=$1
   if [ "$RUNNER" = podman ]; then
-    local e=()
-    for kv in "${env[@]}"; do e+=(-e "$kv"); done
-    "${P[@]}" rm -f "tw-rollout-$i" >/dev/null 2>&1 || true
-    "${P[@]}" run -d --name "tw-rollout-$i" "${ULIMITS[@]}" --read-only --tmpfs /tmp --user 10001:10001 --network host \
-      --cap-drop ALL --security-opt no-new-privileges "${e[@]}" "$IMAGE" >/dev/null
+    [ -f "$OUT/replica-$i.created" ] || create_replica "$i"
+    rm -f "$OUT/replica-$i.created"
+    "${P[@]}" start "tw-rollout-$i" >/dev/null
+    "${P[@]}" inspect -f '{{.State.Pid}}' "tw-rollout-$i" >"$OUT/replica-$i.pid"
   else
     rm -f "$OUT/replica-$i.rc"
+    replica_env "$i"
     (
-      env "${env[@]}" TORCHWIRE_MODEL_DIR=models target/release/torchwire serve >"$OUT/replica-$i.log" 2>&1 &
+      env "${REPLICA_ENV[@]}" TORCHWIRE_MODEL_DIR=models target/release/torchwire serve >"$OUT/replica-$i.log" 2>&1 &
       echo $! >"$OUT/replica-$i.pid"
       wait $! && echo 0 >"$OUT/replica-$i.rc" || echo $? >"$OUT/replica-$i.rc"
     ) &
     sleep 0.1
+  fi
+}
+
+replica_ready() { # slot: full CPU weight back, now that it is warm (before it takes requests)
+  if [ "$RUNNER" = podman ] && [ "$START_SHARES" != 0 ]; then
+    "${P[@]}" update --cpu-shares 1024 "tw-rollout-$1" >/dev/null
   fi
 }
 
@@ -124,12 +193,8 @@ signal_replica() { # slot signal
   fi
 }
 
-replica_running() { # slot
-  if [ "$RUNNER" = podman ]; then
-    [ "$("${P[@]}" inspect -f '{{.State.Running}}' "tw-rollout-$1" 2>/dev/null)" = true ]
-  else
-    kill -0 "$(cat "$OUT/replica-$1.pid")" 2>/dev/null
-  fi
+replica_running() { # slot: by pid (podman inspect costs ~30 ms of CPU a call, on the cores under load)
+  kill -0 "$(cat "$OUT/replica-$1.pid")" 2>/dev/null
 }
 
 replica_exit_code() { # slot
@@ -145,6 +210,7 @@ remove_replica() { # slot
   if [ "$RUNNER" = podman ]; then
     "${P[@]}" logs "tw-rollout-$1" >"$OUT/replica-$1.log" 2>&1 || true
     "${P[@]}" rm -f "tw-rollout-$1" >/dev/null 2>&1 || true
+    rm -f "$OUT/replica-$1.created" "$OUT/replica-$1.pid"
   else
     [ -f "$OUT/replica-$1.pid" ] && kill -s KILL "$(cat "$OUT/replica-$1.pid")" 2>/dev/null || true
   fi
@@ -202,7 +268,7 @@ backend torchwire
   http-check connect proto h1
   http-check send meth GET uri /readyz ver HTTP/1.1 hdr host localhost
   http-check expect status 200
-  default-server proto h2 check inter 1s fall 1 rise 1
+  default-server proto h2 check inter 1s fall 1 rise 1$([ "$SLOWSTART" != 0 ] && echo " slowstart $SLOWSTART")
 EOF
     for i in 0 1 2 3 4 5; do
       echo "  server r$i 127.0.0.1:$(grpc_port "$i") port $(metrics_port "$i") disabled"
@@ -218,19 +284,25 @@ run_mode() { # noretry | retry
   for i in 0 1 2 3 4 5; do remove_replica "$i"; done
   write_haproxy_cfg
   haproxy -c -q -f "$OUT/haproxy.cfg"
-  haproxy -f "$OUT/haproxy.cfg" -db >"$OUT/haproxy-$mode.log" 2>&1 &
+  "${LB_PIN[@]}" haproxy -f "$OUT/haproxy.cfg" -db >"$OUT/haproxy-$mode.log" 2>&1 &
   local lb_pid=$!
   sleep 0.5
   for i in 0 1 2; do start_replica "$i"; done
   for i in 0 1 2; do
     wait_ready "$i" || { log "replica $i never ready"; kill "$lb_pid"; return 1; }
+    replica_ready "$i"
     lb_cmd "set server torchwire/r$i state ready" >/dev/null
   done
+  if [ "$RUNNER" = podman ] && [ "$PRECREATE" = 1 ]; then
+    for i in 3 4 5; do create_replica "$i" && touch "$OUT/replica-$i.created"; done
+    sync # the copies' dirty pages written back now, not under the measured load
+  fi
   sleep 2
+  load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
   mark "ready-3-replicas"
   local retry_flag=()
   [ "$mode" = retry ] && retry_flag=(--retry)
-  "$PY" deploy/rollout/loadgen.py run --target "127.0.0.1:$LB_PORT" --rate "$RATE" --seconds "$SECONDS_TOTAL" \
+  "${LOAD_PIN[@]}" "$PY" deploy/rollout/loadgen.py run --target "127.0.0.1:$LB_PORT" --rate "$RATE" --seconds "$SECONDS_TOTAL" \
     --out "$OUT/$mode.csv" "${retry_flag[@]}" >"$OUT/loadgen-$mode.log" 2>&1 &
   local load_pid=$!
   sleep "$STEADY"
@@ -241,6 +313,7 @@ run_mode() { # noretry | retry
     mark "start r$new"
     start_replica "$new"
     wait_ready "$new" || { log "replica $new never ready"; break; }
+    replica_ready "$new"
     lb_cmd "set server torchwire/r$new state ready" >/dev/null
     mark "ready r$new (in the balancer)"
     mark "delete r$i"
@@ -277,7 +350,9 @@ run_mode() { # noretry | retry
   wait "$lb_pid" 2>/dev/null || true
   for i in 0 1 2 3 4 5; do remove_replica "$i"; done
   grep -h -o '"message":"[^"]*drain[^"]*"' "$OUT"/replica-[0-2].log 2>/dev/null | sort | uniq -c >&2 || true
-  echo "== $mode ($RUNNER${IMAGE:+ $IMAGE}, $RATE req/s, preStop ${PRESTOP}s, endpoint removal $ENDPOINTS) marks:"
+  echo "== $mode ($RUNNER${IMAGE:+ $IMAGE} $STORAGE, $RATE req/s, preStop ${PRESTOP}s, endpoint removal $ENDPOINTS," \
+    "created ahead $PRECREATE, start shares $START_SHARES, slowstart $SLOWSTART, pinned $PIN)" \
+    "load average at start $load_at_start, at end $(cut -d' ' -f1-3 /proc/loadavg); marks:"
   awk -v t0="$(head -n1 "$marks" | cut -d' ' -f1)" '{ $1 = sprintf("%+7.2fs", $1 - t0); print }' "$marks"
   echo "== $mode report:"
   "$PY" deploy/rollout/loadgen.py report --records "$OUT/$mode.csv" --marks "$marks" | tee "$OUT/$mode.json"
