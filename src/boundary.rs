@@ -72,6 +72,8 @@ pub struct Ran {
     pub device: Option<Device>,
     /// Rows in the batch the request ran in, when it ran.
     pub batch_size: Option<usize>,
+    /// The model version the request was resolved to, once it was.
+    pub version: Option<u64>,
 }
 
 /// A handler's outcome: its answer or error, and what it ran on.
@@ -138,10 +140,12 @@ impl AppState {
     /// The metric label for a client-supplied model name: the name when the repository has it,
     /// `_unknown` otherwise (never the raw string), empty when the RPC names none.
     fn model_label<'a>(&self, model: &'a str) -> &'a str {
+        // `name@version` is labelled by its name: versions have their own metrics.
+        let name = model.split_once('@').map_or(model, |(name, _)| name);
         if model.is_empty() {
             ""
-        } else if self.registry.spec(model).is_ok() {
-            model
+        } else if self.registry.catalog().entry(name).is_ok() {
+            name
         } else {
             UNKNOWN_MODEL
         }
@@ -179,6 +183,11 @@ impl AppState {
                 m.deadline_exceeded.with_label_values(&[rpc, model, "handler"]).inc();
             }
         }
+        if let (Some(v), true) = (ran.version, admitted) {
+            let v = v.to_string();
+            m.version_requests.with_label_values(&[model, &v, code_name]).inc();
+            m.version_request_duration.with_label_values(&[model, &v]).observe(latency.as_secs_f64());
+        }
         let device = ran.device.map(|d| d.label());
         self.stats.record(&Outcome {
             // Per-model figures count inference calls only (not metadata or admin calls).
@@ -188,6 +197,7 @@ impl AppState {
             error: error.map(Error::code_label),
             latency,
             batch_size: ran.batch_size,
+            version: ran.version,
         });
     }
 }

@@ -121,6 +121,12 @@ pub struct ServeArgs {
     /// Unload models unused for this many seconds (pinned ones stay); 0 = never.
     #[arg(long, env = "TORCHWIRE_IDLE_UNLOAD_SECS", default_value_t = 0)]
     pub idle_unload_secs: u64,
+    /// Rescan the model repository every this many seconds (e.g. a mounted volume): new
+    /// models and versions appear, removed ones drain and unload, a new default version is
+    /// swapped in once it has loaded and passed its self-test. 0 = only on
+    /// Admin.ReloadRepository.
+    #[arg(long, env = "TORCHWIRE_REPOSITORY_POLL_SECS", default_value_t = 0.0)]
+    pub repository_poll_secs: f64,
     /// Warm-up forward passes after each load, before the model serves (so the first request
     /// does not pay TorchScript's profiling passes).
     #[arg(long, env = "TORCHWIRE_WARMUP_RUNS", default_value_t = 2)]
@@ -306,6 +312,12 @@ impl TryFrom<ServeArgs> for Config {
             model_memory_budget_bytes: a.model_memory_budget_bytes,
             warmup_runs: a.warmup_runs,
             idle_unload: (a.idle_unload_secs > 0).then(|| Duration::from_secs(a.idle_unload_secs)),
+            repository_poll: (a.repository_poll_secs > 0.0)
+                .then(|| Duration::try_from_secs_f64(a.repository_poll_secs))
+                .transpose()
+                .map_err(|_| {
+                    ConfigError(format!("--repository-poll-secs {} is not a usable duration", a.repository_poll_secs))
+                })?,
             preload: a.preload.into_iter().filter(|p| !p.trim().is_empty()).collect(),
             ready_after_preload: a.ready_after_preload,
             metrics_addr: match a.metrics_addr.trim() {

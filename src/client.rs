@@ -53,7 +53,13 @@ pub async fn predict(args: PredictArgs) -> anyhow::Result<()> {
     let mut client = InferenceClient::connect(args.client.addr.clone())
         .await
         .with_context(|| format!("connecting to {}", args.client.addr))?;
-    let mut req = tonic::Request::new(PredictRequest { model: args.model, device: args.device, rows, inputs: vec![] });
+    let mut req = tonic::Request::new(PredictRequest {
+        model: args.model,
+        device: args.device,
+        rows,
+        inputs: vec![],
+        version: String::new(),
+    });
     if let Some(auth) = args.client.authorization()? {
         req.metadata_mut().insert("authorization", auth);
     }

@@ -61,6 +61,8 @@ pub struct Config {
     pub warmup_runs: usize,
     /// Unload models unused this long; `None` = never.
     pub idle_unload: Option<Duration>,
+    /// Rescan the model repository this often; `None` = only on Admin.ReloadRepository.
+    pub repository_poll: Option<Duration>,
     /// Models loaded (and pinned) at start-up, in the background: `name` or `name@device`.
     pub preload: Vec<String>,
     /// Keep health `""` NOT_SERVING until every preloaded model is ready.
@@ -115,6 +117,7 @@ impl Config {
             model_memory_budget_bytes: 0,
             warmup_runs: 1,
             idle_unload: None,
+            repository_poll: None,
             preload: Vec::new(),
             ready_after_preload: false,
             metrics_addr: None,

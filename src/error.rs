@@ -31,6 +31,58 @@ pub enum Error {
         /// The names that exist, comma-separated.
         available: String,
     },
+    /// The version part of a request is neither a positive integer nor a label name.
+    #[error("`version` must be a positive integer or a version label (^[a-z][a-z0-9_-]{{0,31}}$), got {given:?}")]
+    InvalidVersion {
+        /// What was sent, cut to a readable length.
+        given: String,
+    },
+    /// The model has no such version.
+    #[error("model `{model}` has no version {version}; served versions: {available}")]
+    VersionNotFound {
+        /// Model name.
+        model: String,
+        /// The version asked for.
+        version: String,
+        /// The served versions, comma-separated.
+        available: String,
+    },
+    /// The model has no such version label.
+    #[error("model `{model}` has no version label `{label}`; labels: {available}")]
+    LabelNotFound {
+        /// Model name.
+        model: String,
+        /// The label asked for.
+        label: String,
+        /// The labels that exist, comma-separated.
+        available: String,
+    },
+    /// The version is on disk but not served (outside the policy, incompletely published, ...).
+    #[error("version {version} of model `{model}` is not served: {reason}; served versions: {available}")]
+    VersionNotServed {
+        /// Model name.
+        model: String,
+        /// The version asked for.
+        version: u64,
+        /// Why it is not served.
+        reason: String,
+        /// The served versions, comma-separated.
+        available: String,
+    },
+    /// SetLabels was asked for something that cannot be.
+    #[error("version labels of model `{model}` refused: {reason}")]
+    InvalidLabels {
+        /// Model name.
+        model: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The model repository could not be read on a reload; `detail` (log only) says why.
+    #[error("the model repository could not be read; the previous one stays in force (the server log has the reason)")]
+    RepositoryUnreadable {
+        /// Full reason, for the log only.
+        detail: String,
+    },
     /// The request named no model and the repository has no text model to default to.
     #[error("no text-classification model in this server's repository; name one in `model`")]
     NoTextModel,
@@ -179,6 +231,9 @@ pub enum Cause {
     /// A forward pass was asked of a worker that has stopped.
     #[error("the worker has stopped")]
     WorkerStopped,
+    /// The version's self-test did not reproduce its golden outputs.
+    #[error("self-test failed: {0}")]
+    SelfTest(String),
 }
 
 impl Cause {
@@ -220,9 +275,16 @@ impl Error {
             Error::EmptyModelName
             | Error::InvalidModelName { .. }
             | Error::InvalidDevice { .. }
-            | Error::InvalidInput { .. } => Code::InvalidArgument,
-            Error::ModelNotFound { .. } | Error::NoTextModel => Code::NotFound,
-            Error::DeviceUnavailable { .. } => Code::FailedPrecondition,
+            | Error::InvalidInput { .. }
+            | Error::InvalidVersion { .. }
+            | Error::InvalidLabels { .. } => Code::InvalidArgument,
+            Error::ModelNotFound { .. }
+            | Error::NoTextModel
+            | Error::VersionNotFound { .. }
+            | Error::LabelNotFound { .. } => Code::NotFound,
+            Error::DeviceUnavailable { .. } | Error::VersionNotServed { .. } | Error::RepositoryUnreadable { .. } => {
+                Code::FailedPrecondition
+            }
             Error::QueueFull { .. }
             | Error::InflightLimit { .. }
             | Error::RateLimited { .. }
@@ -242,6 +304,12 @@ impl Error {
             Error::InvalidModelName { .. } => "invalid_model_name",
             Error::ModelNotFound { .. } => "model_not_found",
             Error::NoTextModel => "no_text_model",
+            Error::InvalidVersion { .. } => "invalid_version",
+            Error::VersionNotFound { .. } => "version_not_found",
+            Error::LabelNotFound { .. } => "label_not_found",
+            Error::VersionNotServed { .. } => "version_not_served",
+            Error::InvalidLabels { .. } => "invalid_labels",
+            Error::RepositoryUnreadable { .. } => "repository_unreadable",
             Error::InvalidDevice { .. } => "invalid_device",
             Error::DeviceUnavailable { .. } => "device_unavailable",
             Error::InvalidInput { .. } => "invalid_input",
@@ -290,6 +358,12 @@ mod tests {
             (Error::InvalidModelName { name: s() }, Code::InvalidArgument),
             (Error::ModelNotFound { name: s(), available: s() }, Code::NotFound),
             (Error::NoTextModel, Code::NotFound),
+            (Error::InvalidVersion { given: s() }, Code::InvalidArgument),
+            (Error::VersionNotFound { model: s(), version: s(), available: s() }, Code::NotFound),
+            (Error::LabelNotFound { model: s(), label: s(), available: s() }, Code::NotFound),
+            (Error::VersionNotServed { model: s(), version: 1, reason: s(), available: s() }, Code::FailedPrecondition),
+            (Error::InvalidLabels { model: s(), reason: s() }, Code::InvalidArgument),
+            (Error::RepositoryUnreadable { detail: s() }, Code::FailedPrecondition),
             (Error::InvalidDevice { device: s() }, Code::InvalidArgument),
             (Error::DeviceUnavailable { device: s(), available: s() }, Code::FailedPrecondition),
             (Error::invalid("f", "r"), Code::InvalidArgument),

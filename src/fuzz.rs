@@ -31,7 +31,8 @@ use prost::Message;
 
 use crate::batch::Payload;
 use crate::deadline::parse_grpc_timeout;
-use crate::model::manifest::{ModelKind, Repository, parse_manifest};
+use crate::model::Repository;
+use crate::model::manifest::{ModelKind, parse_manifest};
 use crate::model::{DType, HostTensor, InputSpec, ModelSpec};
 use crate::proto::{self, kserve as ks};
 use crate::request::InferRequest;
@@ -141,15 +142,16 @@ where
 }
 
 fn fixtures() -> Repository {
-    Repository::scan(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures")).expect("scan models/fixtures")
+    Repository::scan(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures"), None)
+        .expect("scan models/fixtures")
 }
 
 /// tiny_risk (tabular, float32), tiny_bert (two int64 text inputs), and one single-input spec
 /// per dtype, so that every data path of validation is reachable.
 fn specs() -> Vec<Arc<ModelSpec>> {
     let repo = fixtures();
-    let risk = repo.get("tiny_risk").expect("tiny_risk fixture");
-    let bert = repo.get("tiny_bert").expect("tiny_bert fixture");
+    let risk = Arc::clone(repo.get("tiny_risk").expect("tiny_risk fixture").latest().expect("tiny_risk version"));
+    let bert = Arc::clone(repo.get("tiny_bert").expect("tiny_bert fixture").latest().expect("tiny_bert version"));
     let shapes: [&[i64]; 4] = [&[-1], &[-1, -1], &[-1, 2], &[-1, 2, -1]];
     let mut specs = vec![Arc::clone(&risk), bert];
     for (i, dtype) in ALL_DTYPES.into_iter().enumerate() {

@@ -1,4 +1,5 @@
-//! The one inference path every front door calls: resolve the model and the device, check the
+//! The one inference path every front door calls: resolve the model version (by number,
+//! label, canary split or the model's default) and the device, check the
 //! inputs, load the model if needed (single flight), submit the job to its worker (bounded
 //! queue: a full one is RESOURCE_EXHAUSTED at once), and await the answer.
 //!
@@ -27,17 +28,18 @@ pub async fn infer(state: &AppState, call: &Call, req: InferRequest) -> Handled<
         Err(e) => return Err(e).into(),
     };
     let result = run(state, call, &spec, device, req.inputs).await;
-    let ran = Ran { device: Some(device), batch_size: result.as_ref().ok().map(|a| a.batch_size) };
+    let ran = Ran {
+        device: Some(device),
+        batch_size: result.as_ref().ok().map(|a| a.batch_size),
+        version: Some(spec.version),
+    };
     Handled { result, ran }
 }
 
-/// The model and the device the request runs on.
+/// The model version and the device the request runs on.
 fn resolve(state: &AppState, call: &Call, req: &InferRequest) -> Result<(Arc<ModelSpec>, Device)> {
-    let spec = if call.model.is_empty() && matches!(req.inputs, Inputs::Texts(_)) {
-        state.registry.repository().default_text_model()?
-    } else {
-        state.registry.spec(&call.model)?
-    };
+    let text = matches!(req.inputs, Inputs::Texts(_));
+    let spec = state.registry.catalog().resolve(&call.model, &req.version, &call.request_id, text)?;
     let device = state.registry.pick_device(&spec, req.device)?;
     Ok((spec, device))
 }

@@ -52,6 +52,12 @@ pub struct Metrics {
     pub tokens: IntCounterVec,
     /// Texts cut to the max length.
     pub truncated_texts: IntCounterVec,
+    /// Inference requests by model, model version and gRPC code.
+    pub version_requests: IntCounterVec,
+    /// Inference latency by model and model version.
+    pub version_request_duration: HistogramVec,
+    /// Route changes by model and outcome (`ok`, `refused`).
+    pub version_swaps: IntCounterVec,
     /// Constant 1, labelled with the version and libtorch version.
     pub build_info: IntGaugeVec,
     /// When the process started, for rates in dashboards.
@@ -90,6 +96,22 @@ impl Metrics {
                 "torchwire_requests_total",
                 "Finished RPCs by rpc, model and gRPC code.",
                 &["rpc", "model", "code"]
+            )),
+            version_requests: reg!(counter(
+                "torchwire_version_requests_total",
+                "Inference requests by model, model version and gRPC code.",
+                &["model", "version", "code"]
+            )),
+            version_request_duration: reg!(histogram(
+                "torchwire_version_request_duration_seconds",
+                "Inference latency from arrival to answer, by model version.",
+                &["model", "version"],
+                &latency
+            )),
+            version_swaps: reg!(counter(
+                "torchwire_version_swaps_total",
+                "Changes of the versions a model's requests go to, by outcome (ok, refused).",
+                &["model", "outcome"]
             )),
             request_duration: reg!(histogram(
                 "torchwire_request_duration_seconds",

@@ -1,11 +1,14 @@
-//! The model registry: which models exist (the scanned repository), and for each (model, device)
-//! a slot that moves unloaded -> loading -> ready | failed.
+//! The model registry: which models exist (the [`Catalog`]: repository and routes), and for
+//! each (model, version, device) a slot that moves unloaded -> loading -> ready | failed.
 //!
 //! Loading is lazy and single-flight: the first request for a key starts one worker thread that
 //! loads the model; every concurrent request for that key waits on the same outcome. A failed
 //! load answers every waiter, records the reason, and is retried by the first request after the
 //! back-off. The state change is made by the worker thread itself, so a load finishes and is
 //! recorded even when the request that started it has gone away.
+//!
+//! A version that stops being routed to is *retired*: it keeps answering the requests that
+//! already resolved to it, and is unloaded once its queue is empty ([`ModelRegistry::sweep_retired`]).
 //!
 //! A DashMap guard is never held across `.await`: the slot's `Arc` is cloned out first.
 
@@ -18,20 +21,31 @@ use dashmap::DashMap;
 use tokio::sync::watch;
 
 use crate::batch::BatchPolicy;
+use crate::catalog::Catalog;
 use crate::device::{Device, Devices};
 use crate::error::{Cause, Error, Result};
 use crate::metrics::Metrics;
-use crate::model::manifest::Repository;
 use crate::model::{ModelSpec, SharedFactory};
 use crate::worker::{Loaded, WorkerHandle, WorkerSettings, spawn_worker};
 
-/// Registry key: a model on a device.
+/// Registry key: a version of a model (one generation of its files) on a device.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ModelKey {
     /// Model name.
     pub model: String,
+    /// Version.
+    pub version: u64,
+    /// Generation of the version's files (see [`ModelSpec::generation`]).
+    pub generation: u64,
     /// Device.
     pub device: Device,
+}
+
+impl ModelKey {
+    /// The key of `spec` on `device`.
+    pub fn of(spec: &ModelSpec, device: Device) -> Self {
+        ModelKey { model: spec.name.clone(), version: spec.version, generation: spec.generation, device }
+    }
 }
 
 /// Settings the registry needs.
@@ -147,6 +161,10 @@ struct Slot {
     loads: AtomicU64,
     evictions: AtomicU64,
     pinned: AtomicBool,
+    /// The manifest's `pin`, recorded at load.
+    spec_pin: AtomicBool,
+    /// When the version stopped being routed to (unix ms); 0 = it is not retired.
+    retired_unix_ms: AtomicI64,
 }
 
 impl Slot {
@@ -158,7 +176,7 @@ impl Slot {
 
 /// Owns every model slot and worker thread.
 pub struct ModelRegistry {
-    repo: Repository,
+    catalog: Catalog,
     devices: Devices,
     factory: SharedFactory,
     config: RegistryConfig,
@@ -176,14 +194,14 @@ fn now_unix_ms() -> i64 {
 impl ModelRegistry {
     /// A registry over `repo`, loading with `factory`.
     pub fn new(
-        repo: Repository,
+        catalog: Catalog,
         devices: Devices,
         factory: SharedFactory,
         config: RegistryConfig,
         metrics: Arc<Metrics>,
     ) -> Self {
         ModelRegistry {
-            repo,
+            catalog,
             devices,
             factory,
             config,
@@ -194,9 +212,9 @@ impl ModelRegistry {
         }
     }
 
-    /// The scanned repository.
-    pub fn repository(&self) -> &Repository {
-        &self.repo
+    /// The repository and routes.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
     }
 
     /// libtorch intra-op threads each worker runs with.
@@ -209,9 +227,15 @@ impl ModelRegistry {
         &self.devices
     }
 
-    /// Looks up a model by a client-supplied name.
+    /// The version a request that names `name` (possibly `name@version`) and nothing else
+    /// runs on.
     pub fn spec(&self, name: &str) -> Result<Arc<ModelSpec>> {
-        self.repo.get(name)
+        self.catalog.resolve(name, "", "", false)
+    }
+
+    /// The metrics the registry writes.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     fn slot(&self, key: &ModelKey) -> Arc<Slot> {
@@ -224,13 +248,14 @@ impl ModelRegistry {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }
-        let key = ModelKey { model: spec.name.clone(), device };
+        let key = ModelKey::of(spec, device);
         let slot = self.slot(&key);
         slot.last_used_unix_ms.store(now_unix_ms(), Ordering::Relaxed);
         let mut rx = {
             let mut state = slot.lock();
             match state.as_ref() {
-                // A worker that died (it never should) is replaced by a fresh load.
+                // A worker that died (it never should) is replaced by a fresh load. A retired
+                // version still answers requests that resolved to it before it was retired.
                 Some(SlotState::Ready { handle, .. }) if handle.is_alive() => return Ok(handle.clone()),
                 Some(SlotState::Loading(rx)) => rx.clone(),
                 Some(SlotState::Failed { at, cause }) if at.elapsed() < self.config.load_retry_backoff => {
@@ -239,6 +264,8 @@ impl ModelRegistry {
                 _ => {
                     let (tx, rx) = watch::channel(None);
                     *state = Some(SlotState::Loading(rx.clone()));
+                    slot.retired_unix_ms.store(0, Ordering::Relaxed);
+                    slot.spec_pin.store(spec.pin, Ordering::Relaxed);
                     drop(state);
                     self.make_room(&key);
                     self.start_load(Arc::clone(spec), device, Arc::clone(&slot), tx);
@@ -267,6 +294,7 @@ impl ModelRegistry {
     fn start_load(&self, spec: Arc<ModelSpec>, device: Device, slot: Arc<Slot>, tx: watch::Sender<LoadOutcome>) {
         let started = Instant::now();
         let name = spec.name.clone();
+        let version = spec.version;
         let metrics = Arc::clone(&self.metrics);
         let (spec_max_batch, spec_delay) = (spec.max_batch_size, spec.max_queue_delay);
         let budget = self.config.memory_budget_bytes;
@@ -284,7 +312,7 @@ impl ModelRegistry {
             let mut state = slot.lock();
             match outcome {
                 Ok(Loaded { handle, memory_bytes }) => {
-                    tracing::info!(model = %name, %device, load_ms, memory_bytes, "model loaded");
+                    tracing::info!(model = %name, version, %device, load_ms, memory_bytes, "model loaded");
                     metrics.model_loads.with_label_values(&[&name, &device.label(), "ok"]).inc();
                     metrics
                         .model_load_duration
@@ -295,7 +323,7 @@ impl ModelRegistry {
                     tx.send_replace(Some(Ok(handle)));
                 }
                 Err(cause) => {
-                    tracing::error!(model = %name, %device, load_ms, cause = %cause, "model failed to load");
+                    tracing::error!(model = %name, version, %device, load_ms, cause = %cause, "model failed to load");
                     metrics.model_loads.with_label_values(&[&name, &device.label(), "error"]).inc();
                     let cause = Arc::new(cause);
                     *state = Some(SlotState::Failed { cause: Arc::clone(&cause), at: Instant::now() });
@@ -337,8 +365,7 @@ impl ModelRegistry {
         slots
             .into_iter()
             .filter_map(|(key, slot)| {
-                let spec_pin = self.repo.get(&key.model).map(|s| s.pin).unwrap_or(false);
-                let pinned = spec_pin || slot.pinned.load(Ordering::Relaxed);
+                let pinned = slot.spec_pin.load(Ordering::Relaxed) || slot.pinned.load(Ordering::Relaxed);
                 let last_used = slot.last_used_unix_ms.load(Ordering::Relaxed);
                 match slot.lock().as_ref() {
                     Some(SlotState::Ready { handle, memory_bytes, .. }) => Some(Resident {
@@ -398,7 +425,7 @@ impl ModelRegistry {
             *state = Some(SlotState::Unloaded);
             slot.evictions.fetch_add(1, Ordering::Relaxed);
             self.metrics.model_evictions.with_label_values(&[&key.model, &key.device.label(), reason]).inc();
-            tracing::info!(model = %key.model, device = %key.device, reason, "model evicted");
+            tracing::info!(model = %key.model, version = key.version, device = %key.device, reason, "model evicted");
         }
         idle
     }
@@ -418,30 +445,98 @@ impl ModelRegistry {
             .collect()
     }
 
-    /// Marks a (model, device) as pinned (never evicted) or not.
+    /// Marks a (model version, device) as pinned (never evicted) or not.
     pub fn set_pinned(&self, spec: &ModelSpec, device: Device, pinned: bool) {
-        self.slot(&ModelKey { model: spec.name.clone(), device }).pinned.store(pinned, Ordering::Relaxed);
+        self.slot(&ModelKey::of(spec, device)).pinned.store(pinned, Ordering::Relaxed);
     }
 
-    /// Unloads `spec` from `device`, or from every device; unpins it. A model still loading is
-    /// left to finish (its state then shows READY or FAILED).
-    pub fn unload(&self, spec: &ModelSpec, device: Option<Device>) -> usize {
+    /// Every slot of `model` (all versions, or only `version`), with its key.
+    fn slots_of(&self, model: &str, version: Option<u64>) -> Vec<(ModelKey, Arc<Slot>)> {
+        self.slots
+            .iter()
+            .filter(|e| e.key().model == model && version.is_none_or(|v| v == e.key().version))
+            .map(|e| (e.key().clone(), Arc::clone(e.value())))
+            .collect()
+    }
+
+    /// Unloads `model` (every version, or `version`) from `device`, or from every device;
+    /// unpins it. A model still loading is left to finish (its state then shows READY or FAILED).
+    pub fn unload(&self, model: &str, version: Option<u64>, device: Option<Device>) -> usize {
         let mut unloaded = 0;
-        for d in self.devices.all() {
-            if device.is_some_and(|want| want != d) {
+        for (key, slot) in self.slots_of(model, version) {
+            if device.is_some_and(|want| want != key.device) {
                 continue;
             }
-            let key = ModelKey { model: spec.name.clone(), device: d };
-            let Some(slot) = self.slots.get(&key).map(|s| Arc::clone(s.value())) else { continue };
             slot.pinned.store(false, Ordering::Relaxed);
             let mut state = slot.lock();
             if matches!(state.as_ref(), Some(SlotState::Ready { .. } | SlotState::Failed { .. })) {
                 *state = Some(SlotState::Unloaded);
                 unloaded += 1;
-                tracing::info!(model = %spec.name, device = %d, "model unloaded");
+                tracing::info!(model = %key.model, version = key.version, device = %key.device, "model unloaded");
             }
         }
         unloaded
+    }
+
+    /// Retires every slot of `model` for which `keep` is false: each keeps answering what is
+    /// already queued, and [`ModelRegistry::sweep_retired`] unloads it once idle. Pinned slots
+    /// stay (unless the model is gone from the repository: `force`).
+    pub fn retire(&self, model: &str, keep: impl Fn(&ModelKey) -> bool, force: bool) {
+        let now = now_unix_ms();
+        for (key, slot) in self.slots_of(model, None) {
+            let pinned = slot.pinned.load(Ordering::Relaxed) || slot.spec_pin.load(Ordering::Relaxed);
+            if keep(&key) || (pinned && !force) {
+                continue;
+            }
+            if matches!(slot.lock().as_ref(), Some(SlotState::Ready { .. } | SlotState::Loading(_))) {
+                let _ = slot.retired_unix_ms.compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed);
+                tracing::info!(model = %key.model, version = key.version, device = %key.device, "version retired; unloads once its queue drains");
+            }
+            if force {
+                slot.pinned.store(false, Ordering::Relaxed);
+                slot.spec_pin.store(false, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Unloads retired slots that have been idle since at least `grace` after retirement;
+    /// returns how many.
+    pub fn sweep_retired(&self, grace: Duration) -> usize {
+        let cutoff = now_unix_ms() - i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+        let slots: Vec<(ModelKey, Arc<Slot>)> =
+            self.slots.iter().map(|e| (e.key().clone(), Arc::clone(e.value()))).collect();
+        let mut swept = 0;
+        for (key, slot) in slots {
+            let at = slot.retired_unix_ms.load(Ordering::Acquire);
+            if at == 0 || at > cutoff {
+                continue;
+            }
+            let mut state = slot.lock();
+            match state.as_ref() {
+                Some(SlotState::Ready { handle, .. }) if handle.pending() == 0 => {
+                    *state = Some(SlotState::Unloaded);
+                    slot.retired_unix_ms.store(0, Ordering::Release);
+                    swept += 1;
+                    tracing::info!(model = %key.model, version = key.version, device = %key.device, "retired version unloaded");
+                }
+                Some(SlotState::Ready { .. } | SlotState::Loading(_)) => {}
+                _ => slot.retired_unix_ms.store(0, Ordering::Release),
+            }
+        }
+        swept
+    }
+
+    /// Devices where some version of `model` is ready.
+    pub fn ready_devices(&self, model: &str) -> Vec<Device> {
+        let mut devices: Vec<Device> = self
+            .slots_of(model, None)
+            .into_iter()
+            .filter(|(_, slot)| matches!(slot.lock().as_ref(), Some(SlotState::Ready { .. })))
+            .map(|(k, _)| k.device)
+            .collect();
+        devices.sort();
+        devices.dedup();
+        devices
     }
 
     /// Unloads unpinned, idle models unused for `idle_for`; returns how many.
@@ -493,7 +588,7 @@ impl ModelRegistry {
             .all()
             .into_iter()
             .map(|device| {
-                let key = ModelKey { model: spec.name.clone(), device };
+                let key = ModelKey::of(spec, device);
                 let slot = self.slots.get(&key).map(|s| Arc::clone(s.value()));
                 let mut st = DeviceStatus {
                     device,
@@ -582,7 +677,7 @@ mod tests {
         )
         .unwrap();
         ModelRegistry::new(
-            Repository::from_specs([spec]),
+            Catalog::new(crate::model::Repository::from_specs([spec]), None),
             Devices::cpu_only(),
             Arc::new(factory),
             config,

@@ -19,6 +19,8 @@ use crate::tokenize::TextInfo;
 /// boundary's [`crate::boundary::Call`] (decided once per call).
 #[derive(Debug, Clone)]
 pub struct InferRequest {
+    /// The version asked for: empty = the model's default, a number, or a label.
+    pub version: String,
     /// Where to run it.
     pub device: DeviceRequest,
     /// The inputs, unchecked.

@@ -15,11 +15,12 @@ use crate::config::Config;
 use std::time::Duration;
 
 use crate::boundary::{AppState, SharedState};
+use crate::catalog::Catalog;
 use crate::device::{Device, DeviceRequest, Devices};
 use crate::metrics::Metrics;
 use crate::model::ModelSpec;
+use crate::model::Repository;
 use crate::model::SharedFactory;
-use crate::model::manifest::Repository;
 use crate::model::torch::TorchFactory;
 use crate::proto::admin_server::AdminServer;
 use crate::proto::inference_server::InferenceServer;
@@ -86,13 +87,14 @@ pub async fn run_with_factory(
     }
     tokio::spawn(sampler_task(Arc::clone(&state), config.memory_sample_interval, shutdown.clone()));
     tokio::spawn(preload_task(Arc::clone(&state), preload, wait_for_preload.then(|| health.clone()), shutdown.clone()));
+    tokio::spawn(crate::reload::maintain(Arc::clone(&registry), config.repository_poll, shutdown.clone()));
     if let Some(idle) = config.idle_unload {
         tokio::spawn(idle_unload_task(Arc::clone(&registry), idle, shutdown.clone()));
     }
     let addr = listener.local_addr().context("listener address")?;
     tracing::info!(
         %addr,
-        models = registry.repository().len(),
+        models = registry.catalog().view().repo.len(),
         model_dir = %config.model_dir.display(),
         tls = tls.is_some(),
         mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
@@ -184,7 +186,8 @@ async fn build_state(config: Config, factory: SharedFactory) -> anyhow::Result<S
     let cpu_only = config.cpu_only;
     // Both touch the disk or libtorch: keep them off the async workers.
     let (repo, devices) = tokio::task::spawn_blocking(move || {
-        let repo = Repository::scan(&dir).with_context(|| format!("reading model directory {}", dir.display()))?;
+        let repo =
+            Repository::scan(&dir, None).with_context(|| format!("reading model directory {}", dir.display()))?;
         let devices = if cpu_only { Devices::cpu_only() } else { Devices::detect() };
         anyhow::Ok((repo, devices))
     })
@@ -193,7 +196,7 @@ async fn build_state(config: Config, factory: SharedFactory) -> anyhow::Result<S
     let workers = repo.len().clamp(1, config.max_loaded_models.max(1));
     let metrics = Arc::new(Metrics::with_recording(config.metrics_recording));
     let registry = ModelRegistry::new(
-        repo,
+        Catalog::new(repo, Some(config.model_dir.clone())),
         devices,
         factory,
         RegistryConfig {

@@ -95,6 +95,29 @@ struct ModelAcc {
     latency: Latencies,
 }
 
+impl ModelAcc {
+    fn add(&mut self, o: &Outcome<'_>, ms: f64) {
+        self.requests += 1;
+        if o.error.is_some() {
+            self.errors += 1;
+        }
+        if let Some(b) = o.batch_size {
+            self.batch_rows += b as u64;
+            self.batched += 1;
+        }
+        self.latency.record(ms);
+    }
+
+    fn figures(&self) -> ModelFigures {
+        ModelFigures {
+            requests: self.requests,
+            errors: self.errors,
+            latency: self.latency.summary(),
+            avg_batch_size: if self.batched == 0 { 0.0 } else { self.batch_rows as f64 / self.batched as f64 },
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     since: SystemTime,
@@ -104,6 +127,7 @@ struct Inner {
     errors_by_type: BTreeMap<String, u64>,
     latency: Latencies,
     per_model: HashMap<(String, String), ModelAcc>,
+    per_version: HashMap<(String, u64), ModelAcc>,
     /// Requests per second over the last minute: (unix second, count).
     per_second: VecDeque<(u64, u64)>,
 }
@@ -118,6 +142,7 @@ impl Inner {
             errors_by_type: BTreeMap::new(),
             latency: Latencies::default(),
             per_model: HashMap::new(),
+            per_version: HashMap::new(),
             per_second: VecDeque::new(),
         }
     }
@@ -138,6 +163,8 @@ pub struct Outcome<'a> {
     pub latency: Duration,
     /// Rows of the batch it ran in, when it ran.
     pub batch_size: Option<usize>,
+    /// The model version it was resolved to, when it was.
+    pub version: Option<u64>,
 }
 
 /// Everything Stats reports about requests.
@@ -159,6 +186,8 @@ pub struct Snapshot {
     pub errors_by_type: BTreeMap<String, u64>,
     /// Per (model, device); device is empty for requests refused before one was chosen.
     pub models: Vec<((String, String), ModelFigures)>,
+    /// Per (model, version), for requests resolved to a version.
+    pub versions: Vec<((String, u64), ModelFigures)>,
 }
 
 /// Request statistics since the last reset.
@@ -202,15 +231,10 @@ impl RequestStats {
         }
         if !o.model.is_empty() {
             let acc = s.per_model.entry((o.model.to_owned(), o.device.unwrap_or("").to_owned())).or_default();
-            acc.requests += 1;
-            if o.error.is_some() {
-                acc.errors += 1;
+            acc.add(o, ms);
+            if let Some(v) = o.version {
+                s.per_version.entry((o.model.to_owned(), v)).or_default().add(o, ms);
             }
-            if let Some(b) = o.batch_size {
-                acc.batch_rows += b as u64;
-                acc.batched += 1;
-            }
-            acc.latency.record(ms);
         }
     }
 
@@ -229,17 +253,16 @@ impl RequestStats {
             .per_model
             .iter()
             .filter(|((m, _), _)| model.is_none_or(|want| want == m))
-            .map(|(k, a)| {
-                let figures = ModelFigures {
-                    requests: a.requests,
-                    errors: a.errors,
-                    latency: a.latency.summary(),
-                    avg_batch_size: if a.batched == 0 { 0.0 } else { a.batch_rows as f64 / a.batched as f64 },
-                };
-                (k.clone(), figures)
-            })
+            .map(|(k, a)| (k.clone(), a.figures()))
             .collect();
         models.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut versions: Vec<_> = s
+            .per_version
+            .iter()
+            .filter(|((m, _), _)| model.is_none_or(|want| want == m))
+            .map(|(k, a)| (k.clone(), a.figures()))
+            .collect();
+        versions.sort_by(|a, b| a.0.cmp(&b.0));
         Snapshot {
             since: s.since,
             total: s.total,
@@ -249,6 +272,7 @@ impl RequestStats {
             by_status: s.by_status.clone(),
             errors_by_type: s.errors_by_type.clone(),
             models,
+            versions,
         }
     }
 }
@@ -419,6 +443,7 @@ mod tests {
             error,
             latency: Duration::from_millis(ms),
             batch_size: error.is_none().then_some(2),
+            version: Some(1),
         }
     }
 

@@ -199,7 +199,7 @@ pub fn spawn_worker(
     }
 }
 
-/// Loads the model (and its tokenizer) and warms it up, on the worker thread.
+/// Loads the model (and its tokenizer), warms it up and runs its self-test, on the worker thread.
 fn load(
     spec: &ModelSpec,
     device: Device,
@@ -210,6 +210,7 @@ fn load(
     let mut backend = factory.load(spec, device, threads)?;
     let mut encoder = spec.text.as_ref().map(|t| TextEncoder::load(&t.tokenizer)).transpose()?;
     warm_up(spec, backend.as_mut(), encoder.as_mut(), warmup_runs)?;
+    crate::selftest::check(spec, |p| run_payload(spec, backend.as_mut(), encoder.as_mut(), p).map(|(out, _)| out))?;
     Ok((backend, encoder))
 }
 

@@ -72,6 +72,7 @@ fn predict_answer(model: String, rows: i64) -> proto::PredictResponse {
     };
     proto::PredictResponse {
         model,
+        version: "1".to_owned(),
         device: "cpu".to_owned(),
         outputs: vec![proto::Tensor {
             name: "probabilities".to_owned(),
@@ -100,6 +101,7 @@ fn sentiment_answer(model: String, texts: usize) -> proto::SentimentResponse {
     proto::SentimentResponse {
         results: vec![result; texts],
         model,
+        version: "1".to_owned(),
         device: "cpu".to_owned(),
         timing: Some(proto::Timing { batch_size: i32::try_from(texts).unwrap_or(i32::MAX), ..Default::default() }),
     }

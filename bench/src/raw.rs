@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use clap::Args;
 use torchwire::device::Device;
-use torchwire::model::manifest::Repository;
+use torchwire::model::Repository;
 use torchwire::model::torch::TorchFactory;
 use torchwire::model::{BackendFactory, HostTensor, ModelKind};
 use torchwire::tokenize::TextEncoder;
@@ -46,8 +46,10 @@ pub struct RawBenchArgs {
 /// on this thread, for each batch size. Blocking; call outside any async runtime.
 pub fn run_raw(args: &RawBenchArgs) -> anyhow::Result<()> {
     let _guard = tch::no_grad_guard();
-    let repo = Repository::scan(&args.model_dir)?;
-    let spec = repo.get(&args.model).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let repo = Repository::scan(&args.model_dir, None)?;
+    let entry = repo.get(&args.model).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let spec =
+        std::sync::Arc::clone(entry.latest().ok_or_else(|| anyhow::anyhow!("{}: no servable version", args.model))?);
     let mut backend = TorchFactory.load(&spec, Device::Cpu, args.threads).map_err(anyhow::Error::msg)?;
     let mut encoder =
         spec.text.as_ref().map(|t| TextEncoder::load(&t.tokenizer)).transpose().map_err(anyhow::Error::msg)?;

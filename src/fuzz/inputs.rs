@@ -307,15 +307,22 @@ pub(super) fn predict_request() -> impl Strategy<Value = proto::PredictRequest> 
         prop::collection::vec(row(), 0..5),
         0u8..4,
         "\\PC{0,6}",
+        version(),
     )
-        .prop_map(|(inputs, rows, mode, device)| {
+        .prop_map(|(inputs, rows, mode, device, version)| {
             let (inputs, rows) = match mode {
                 0 => (inputs, vec![]),
                 1 => (vec![], rows),
                 _ => (inputs, rows),
             };
-            proto::PredictRequest { model: "m".into(), device, inputs, rows }
+            proto::PredictRequest { model: "m".into(), device, inputs, rows, version }
         })
+}
+
+/// What a client may write for a version: mostly empty (the default), else numbers that may
+/// overflow or be zero, labels, and junk.
+fn version() -> impl Strategy<Value = String> {
+    prop_oneof![6 => Just(String::new()), 1 => "[0-9]{1,24}", 1 => "[a-z][a-z0-9_-]{0,40}", 1 => "\\PC{0,8}"]
 }
 
 /// Raw bytes: random, or a mutated encoding of a structured message.
@@ -351,6 +358,7 @@ pub(super) fn sentiment_request() -> impl Strategy<Value = proto::SentimentReque
             model: String::new(),
             device: String::new(),
             max_length,
+            version: String::new(),
         })
 }
 

@@ -1,12 +1,10 @@
-//! Model manifests (`models/<name>/model.toml`) and the repository scan that reads them.
-//!
-//! The scan runs once at start-up and is the only place that turns names into paths: a request
-//! only ever looks names up in the scanned map, so no request can make the server read outside
-//! the model directory. Model names are checked against `^[a-z0-9][a-z0-9_.-]{0,63}$`.
+//! Model manifests: `models/<name>/model.toml`, overlaid per version by
+//! `models/<name>/<N>/version.toml`, parsed and checked into one [`ModelSpec`] per version,
+//! self-test goldens included. The repository scan ([`super::repository`]) is the only place
+//! that turns names into paths. Model names are checked against `^[a-z0-9][a-z0-9_.-]{0,63}$`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -84,13 +82,42 @@ pub struct Provenance {
     pub notes: String,
 }
 
-/// A parsed, checked manifest plus where the model lives.
+/// One self-test of a version: inputs whose outputs must reproduce before the version takes a
+/// request.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelfTest {
+    /// Tabular: raw feature values in the manifest's feature order, one list per row.
+    #[serde(default)]
+    pub rows: Vec<Vec<f64>>,
+    /// Text models: the texts, tokenised as requests are.
+    #[serde(default)]
+    pub texts: Vec<String>,
+    /// The model's raw first output, one list per row or text.
+    pub expected: Vec<Vec<f64>>,
+    /// Largest absolute difference allowed per element.
+    #[serde(default = "default_tolerance")]
+    pub tolerance: f64,
+}
+
+fn default_tolerance() -> f64 {
+    1e-4
+}
+
+/// A parsed, checked manifest of one version plus where it lives.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSpec {
     /// Model name (the directory name).
     pub name: String,
+    /// The version (1 for a model in the flat layout).
+    pub version: u64,
+    /// Which reading of this version's files this is: a version whose files changed in place
+    /// is a new generation, loaded into its own slot (0 for specs built in code).
+    pub generation: u64,
     /// The model's directory.
     pub dir: PathBuf,
+    /// The TorchScript file of this version.
+    pub file: PathBuf,
     /// What the model does.
     pub kind: ModelKind,
     /// One line for operators.
@@ -115,6 +142,8 @@ pub struct ModelSpec {
     pub text: Option<TextSpec>,
     /// Whether the model may run in fp16 on a GPU (the CPU always runs fp32).
     pub fp16: bool,
+    /// Goldens checked after every load, before the version takes traffic.
+    pub self_test: Vec<SelfTest>,
 }
 
 /// How a text model turns text into its inputs.
@@ -132,7 +161,12 @@ pub const TEXT_INPUTS: [&str; 3] = ["input_ids", "attention_mask", "token_type_i
 impl ModelSpec {
     /// The TorchScript file.
     pub fn model_path(&self) -> PathBuf {
-        self.dir.join("model.pt")
+        self.file.clone()
+    }
+
+    /// `name@version`, for logs and messages.
+    pub fn id(&self) -> String {
+        format!("{}@{}", self.name, self.version)
     }
 }
 
@@ -160,6 +194,8 @@ struct RawManifest {
     text: Option<RawText>,
     #[serde(default)]
     fp16: bool,
+    #[serde(default)]
+    self_test: Vec<SelfTest>,
 }
 
 #[derive(Deserialize)]
@@ -211,9 +247,39 @@ pub fn check_model_name(name: &str) -> Result<()> {
 #[error("{0}")]
 pub struct ManifestError(pub String);
 
-/// Parses a manifest's text. `name` and `dir` come from the repository scan.
+/// Parses a flat-layout manifest's text as version 1 (`dir/model.pt`); its version settings
+/// are checked and dropped.
 pub fn parse_manifest(name: &str, dir: &Path, text: &str) -> Result<ModelSpec, ManifestError> {
-    let raw: RawManifest = toml::from_str(text).map_err(|e| ManifestError(e.to_string()))?;
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| ManifestError(e.to_string()))?;
+    super::versions::take_versioning(&mut table)?;
+    parse_version_spec(name, dir, dir, 1, table)
+}
+
+/// Overlays a `version.toml`'s keys on the model's manifest table: each key it sets replaces
+/// the manifest's. The model-level keys (policy, default, labels) may not be overlaid.
+pub fn overlay(base: &toml::Table, text: &str) -> Result<toml::Table, ManifestError> {
+    let over: toml::Table = toml::from_str(text).map_err(|e| ManifestError(format!("version.toml: {e}")))?;
+    let mut merged = base.clone();
+    for (k, v) in over {
+        if super::versions::MODEL_KEYS.contains(&k.as_str()) {
+            return Err(ManifestError(format!("version.toml may not set {k}: it belongs in the model's model.toml")));
+        }
+        merged.insert(k, v);
+    }
+    Ok(merged)
+}
+
+/// Parses one version's manifest table (model keys already taken out). `version_dir` holds its
+/// `model.pt` (and may hold its own tokenizer); `dir` is the model's folder.
+pub fn parse_version_spec(
+    name: &str,
+    dir: &Path,
+    version_dir: &Path,
+    version: u64,
+    table: toml::Table,
+) -> Result<ModelSpec, ManifestError> {
+    let raw: RawManifest =
+        toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| ManifestError(e.to_string()))?;
     let kind = match raw.kind.as_str() {
         "tabular" => ModelKind::Tabular,
         "text-classification" => ModelKind::TextClassification,
@@ -260,7 +326,7 @@ pub fn parse_manifest(name: &str, dir: &Path, text: &str) -> Result<ModelSpec, M
         }
     }
     let text = match (kind, raw.text) {
-        (ModelKind::TextClassification, Some(t)) => Some(text_spec(dir, t, &inputs)?),
+        (ModelKind::TextClassification, Some(t)) => Some(text_spec(dir, version_dir, t, &inputs)?),
         (ModelKind::TextClassification, None) => {
             return Err(ManifestError("a text-classification model needs a [text] table".into()));
         }
@@ -273,9 +339,13 @@ pub fn parse_manifest(name: &str, dir: &Path, text: &str) -> Result<ModelSpec, M
     if max_batch_size == Some(0) {
         return Err(ManifestError("batching.max_batch_size must be at least 1".into()));
     }
+    check_self_tests(&raw.self_test, kind, &inputs)?;
     Ok(ModelSpec {
         name: name.to_owned(),
+        version,
+        generation: 0,
         dir: dir.to_owned(),
+        file: version_dir.join("model.pt"),
         kind,
         description: raw.description,
         labels: raw.labels,
@@ -288,10 +358,42 @@ pub fn parse_manifest(name: &str, dir: &Path, text: &str) -> Result<ModelSpec, M
         pin: raw.pin,
         text,
         fp16: raw.fp16,
+        self_test: raw.self_test,
     })
 }
 
-fn text_spec(dir: &Path, t: RawText, inputs: &[InputSpec]) -> Result<TextSpec, ManifestError> {
+fn check_self_tests(tests: &[SelfTest], kind: ModelKind, inputs: &[InputSpec]) -> Result<(), ManifestError> {
+    for (i, t) in tests.iter().enumerate() {
+        let bad = |why: String| ManifestError(format!("self_test[{i}]: {why}"));
+        let count = match kind {
+            ModelKind::Tabular => {
+                let n = inputs[0].features.len();
+                if t.rows.is_empty() || !t.texts.is_empty() {
+                    return Err(bad("a tabular model's self-test gives `rows` (and no `texts`)".into()));
+                }
+                if let Some(r) = t.rows.iter().find(|r| r.len() != n) {
+                    return Err(bad(format!("each row has the model's {n} features, one has {}", r.len())));
+                }
+                t.rows.len()
+            }
+            ModelKind::TextClassification => {
+                if t.texts.is_empty() || !t.rows.is_empty() {
+                    return Err(bad("a text model's self-test gives `texts` (and no `rows`)".into()));
+                }
+                t.texts.len()
+            }
+        };
+        if t.expected.len() != count {
+            return Err(bad(format!("`expected` has {} entries for {count} inputs", t.expected.len())));
+        }
+        if !(t.tolerance.is_finite() && t.tolerance >= 0.0) {
+            return Err(bad("`tolerance` must be a finite number >= 0".into()));
+        }
+    }
+    Ok(())
+}
+
+fn text_spec(dir: &Path, version_dir: &Path, t: RawText, inputs: &[InputSpec]) -> Result<TextSpec, ManifestError> {
     // The tokenizer is a plain file name inside the model's folder: never a path elsewhere.
     let plain = !t.tokenizer.is_empty()
         && !t.tokenizer.starts_with('.')
@@ -316,93 +418,10 @@ fn text_spec(dir: &Path, t: RawText, inputs: &[InputSpec]) -> Result<TextSpec, M
     if !inputs.iter().any(|i| i.name == "input_ids") {
         return Err(ManifestError("a text model takes input_ids".into()));
     }
-    Ok(TextSpec { tokenizer: dir.join(&t.tokenizer), max_length: t.max_length })
-}
-
-/// The scanned model repository: name -> spec, in name order.
-#[derive(Debug, Clone, Default)]
-pub struct Repository {
-    models: BTreeMap<String, Arc<ModelSpec>>,
-}
-
-impl Repository {
-    /// Reads every `<dir>/<name>/model.toml`. Folders without a manifest are skipped; a folder
-    /// whose name is not a valid model name, or whose manifest does not parse, is skipped with a
-    /// warning in the log, so one broken model never stops the others from being served.
-    pub fn scan(dir: &Path) -> std::io::Result<Self> {
-        let mut models = BTreeMap::new();
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            let path = entry.path();
-            let manifest = path.join("model.toml");
-            if !path.is_dir() || !manifest.is_file() {
-                continue;
-            }
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                tracing::warn!(dir = %path.display(), "skipping model folder: name is not UTF-8");
-                continue;
-            };
-            if check_model_name(&name).is_err() {
-                tracing::warn!(%name, "skipping model folder: not a valid model name");
-                continue;
-            }
-            let text = std::fs::read_to_string(&manifest)?;
-            match parse_manifest(&name, &path, &text) {
-                Ok(spec) => {
-                    models.insert(name, Arc::new(spec));
-                }
-                Err(reason) => {
-                    tracing::error!(model = %name, %reason, "skipping model: bad model.toml")
-                }
-            }
-        }
-        Ok(Repository { models })
-    }
-
-    /// A repository from specs built in code (tests).
-    pub fn from_specs(specs: impl IntoIterator<Item = ModelSpec>) -> Self {
-        Repository { models: specs.into_iter().map(|s| (s.name.clone(), Arc::new(s))).collect() }
-    }
-
-    /// Looks a model up by a client-supplied name; checks the name first.
-    pub fn get(&self, name: &str) -> Result<Arc<ModelSpec>> {
-        check_model_name(name)?;
-        self.models
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::ModelNotFound { name: name.to_owned(), available: self.names().join(", ") })
-    }
-
-    /// The text model Sentiment uses when a request names none: `sentiment` when it exists,
-    /// else the first text-classification model by name.
-    pub fn default_text_model(&self) -> Result<Arc<ModelSpec>> {
-        self.models
-            .get("sentiment")
-            .filter(|s| s.kind == ModelKind::TextClassification)
-            .or_else(|| self.models.values().find(|s| s.kind == ModelKind::TextClassification))
-            .cloned()
-            .ok_or(Error::NoTextModel)
-    }
-
-    /// Every model name, sorted.
-    pub fn names(&self) -> Vec<String> {
-        self.models.keys().cloned().collect()
-    }
-
-    /// Every spec, in name order.
-    pub fn specs(&self) -> impl Iterator<Item = &Arc<ModelSpec>> {
-        self.models.values()
-    }
-
-    /// Number of models.
-    pub fn len(&self) -> usize {
-        self.models.len()
-    }
-
-    /// True when there are no models.
-    pub fn is_empty(&self) -> bool {
-        self.models.is_empty()
-    }
+    // A version may carry its own tokenizer; else the model's is shared by its versions.
+    let own = version_dir.join(&t.tokenizer);
+    let tokenizer = if own.is_file() { own } else { dir.join(&t.tokenizer) };
+    Ok(TextSpec { tokenizer, max_length: t.max_length })
 }
 
 #[cfg(test)]

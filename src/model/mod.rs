@@ -7,14 +7,17 @@
 
 pub mod fake;
 pub mod manifest;
+pub mod repository;
 pub mod torch;
+pub mod versions;
 
 use std::fmt;
 use std::sync::Arc;
 
 use crate::device::Device;
 use crate::error::Cause;
-pub use manifest::{InputSpec, ModelKind, ModelSpec, OutputKind, TextSpec};
+pub use manifest::{InputSpec, ModelKind, ModelSpec, OutputKind, SelfTest, TextSpec};
+pub use repository::{ModelEntry, Repository};
 
 /// Element type of a tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -45,7 +45,15 @@ impl Inference for InferenceService {
     async fn sentiment(&self, req: Request<proto::SentimentRequest>) -> Reply<proto::SentimentResponse> {
         let model = match req.get_ref().model.as_str() {
             // The default text model, named once for logs, metrics and the path.
-            "" => self.state.registry.repository().default_text_model().map(|s| s.name.clone()).unwrap_or_default(),
+            "" => self
+                .state
+                .registry
+                .catalog()
+                .view()
+                .repo
+                .default_text_model()
+                .map(|e| e.name.clone())
+                .unwrap_or_default(),
             m => m.to_owned(),
         };
         let call = call(&self.state, "Sentiment", &req, model, true);
@@ -69,7 +77,7 @@ impl Inference for InferenceService {
 
 async fn stats(state: SharedState, model: String) -> Result<proto::StatsResponse> {
     if !model.is_empty() {
-        state.registry.spec(&model)?;
+        state.registry.catalog().entry(&model)?;
     }
     let sample = {
         let state = Arc::clone(&state);

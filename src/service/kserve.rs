@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::kserve_convert::{VERSION, check_version, infer_response, model_config, model_metadata, timeout_param};
+use super::kserve_convert::{infer_response, model_config, model_metadata, timeout_param};
 use super::{SharedState, call, serve, serve_result};
 use crate::boundary::Handled;
 use crate::device::DeviceRequest;
@@ -58,8 +58,7 @@ impl GrpcInferenceService for KserveService {
         let state = &self.state;
         let req = req.into_inner();
         serve_result(state, call, async move {
-            let spec = state.registry.spec(&req.name)?;
-            check_version(&req.version)?;
+            let spec = version(state, &req.name, &req.version)?;
             let device = state.registry.pick_device(&spec, DeviceRequest::Auto)?;
             let failed =
                 state.registry.status(&spec).iter().any(|d| d.device == device && d.state == LoadState::Failed);
@@ -85,9 +84,9 @@ impl GrpcInferenceService for KserveService {
         let state = &self.state;
         let req = req.into_inner();
         serve_result(state, call, async move {
-            let spec = state.registry.spec(&req.name)?;
-            check_version(&req.version)?;
-            Ok(model_metadata(&spec))
+            let spec = version(state, &req.name, &req.version)?;
+            let versions = state.registry.catalog().entry(&spec.name)?.versions.keys().map(u64::to_string).collect();
+            Ok(model_metadata(&spec, versions))
         })
         .await
     }
@@ -103,8 +102,7 @@ impl GrpcInferenceService for KserveService {
         let state = &self.state;
         serve(state, call.clone(), async move {
             let (id, wanted) = (std::mem::take(&mut req.id), std::mem::take(&mut req.outputs));
-            let converted =
-                timeout.and_then(|_| check_version(&req.model_version)).and_then(|()| InferRequest::try_from(req));
+            let converted = timeout.and_then(|_| InferRequest::try_from(req));
             match converted {
                 Ok(r) => infer(state, &call, r).await.and_then(|a| infer_response(a, id, &wanted)),
                 Err(e) => Handled::from(Err(e)),
@@ -118,8 +116,7 @@ impl GrpcInferenceService for KserveService {
         let state = &self.state;
         let req = req.into_inner();
         serve_result(state, call, async move {
-            let spec = state.registry.spec(&req.name)?;
-            check_version(&req.version)?;
+            let spec = version(state, &req.name, &req.version)?;
             let device = state.registry.pick_device(&spec, DeviceRequest::Auto)?;
             let max_batch = state
                 .registry
@@ -144,7 +141,8 @@ impl GrpcInferenceService for KserveService {
         let only_ready = req.get_ref().ready;
         let state = &self.state;
         serve_result(state, call, async move {
-            let models = state.registry.repository().specs().filter_map(|spec| index_entry(state, spec, only_ready));
+            let view = state.registry.catalog().view();
+            let models = view.repo.specs().filter_map(|spec| index_entry(state, spec, only_ready));
             Ok(ks::RepositoryIndexResponse { models: models.collect() })
         })
         .await
@@ -174,26 +172,44 @@ impl GrpcInferenceService for KserveService {
         let state = &self.state;
         let name = req.into_inner().model_name;
         serve_result(state, call, async move {
-            let spec = state.registry.spec(&name)?;
-            state.registry.unload(&spec, None);
+            let (model, at) = crate::model::versions::split_model_name(&name)?;
+            let entry = state.registry.catalog().entry(model)?;
+            let only = match at {
+                Some(v) => Some(version(state, &name, "")?.version).filter(|_| !v.is_empty()),
+                None => None,
+            };
+            state.registry.unload(&entry.name, only, None);
             Ok(ks::RepositoryModelUnloadResponse {})
         })
         .await
     }
 }
 
-fn model_statistics(state: &SharedState, name: &str, version: &str) -> Result<ks::ModelStatisticsResponse> {
-    check_version(version)?;
-    let specs: Vec<Arc<ModelSpec>> = if name.is_empty() {
-        state.registry.repository().specs().cloned().collect()
-    } else {
-        vec![state.registry.spec(name)?]
+/// The version a KServe call names: `version` may be empty (the model's default, as Triton
+/// answers for the version it would serve), a number, or a label.
+fn version(state: &SharedState, name: &str, version: &str) -> Result<Arc<ModelSpec>> {
+    state.registry.catalog().resolve(name, version, "", false)
+}
+
+/// Statistics per served version (every model's when `name` is empty; every version of the
+/// model when `version` is empty, as Triton answers).
+fn model_statistics(state: &SharedState, name: &str, version_asked: &str) -> Result<ks::ModelStatisticsResponse> {
+    let view = state.registry.catalog().view();
+    let specs: Vec<Arc<ModelSpec>> = match (name.is_empty(), version_asked.is_empty()) {
+        (true, _) => view.repo.specs().cloned().collect(),
+        (false, true) => view.repo.get(name)?.versions.values().cloned().collect(),
+        (false, false) => vec![version(state, name, version_asked)?],
     };
     let snap = state.stats.snapshot(None);
     let model_stats = specs
         .iter()
         .map(|spec| {
-            let figures: Vec<_> = snap.models.iter().filter(|((m, _), _)| *m == spec.name).map(|(_, f)| f).collect();
+            let figures: Vec<_> = snap
+                .versions
+                .iter()
+                .filter(|((m, v), _)| *m == spec.name && *v == spec.version)
+                .map(|(_, f)| f)
+                .collect();
             let requests: u64 = figures.iter().map(|f| f.requests).sum();
             let errors: u64 = figures.iter().map(|f| f.errors).sum();
             let ns = |f: &&crate::stats::ModelFigures| (f.latency.avg_ms * 1e6 * f.requests as f64) as u64;
@@ -201,7 +217,7 @@ fn model_statistics(state: &SharedState, name: &str, version: &str) -> Result<ks
             let last = state.registry.status(spec).iter().map(|d| d.last_used_unix_ms).max().unwrap_or(0);
             ks::ModelStatistics {
                 name: spec.name.clone(),
-                version: VERSION.into(),
+                version: spec.version.to_string(),
                 last_inference: u64::try_from(last).unwrap_or(0),
                 inference_count: requests - errors,
                 execution_count: requests - errors,
@@ -235,7 +251,7 @@ fn index_entry(
     };
     (!only_ready || status == "READY").then(|| ks::repository_index_response::ModelIndex {
         name: spec.name.clone(),
-        version: VERSION.into(),
+        version: spec.version.to_string(),
         state: status.into(),
         reason,
     })

@@ -2,7 +2,7 @@
 //! (tensors, or one BYTES input of UTF-8 strings for text models), [`Answer`] back into a
 //! ModelInfer response, the datatype names, and the metadata and configuration a model shows.
 //! Only what is specific to this wire format is checked here (raw vs typed contents, the BYTES
-//! framing, the `timeout` parameter, versions); every other check is the core's.
+//! framing, the `timeout` parameter); every other check is the core's.
 
 use std::time::Duration;
 
@@ -13,9 +13,6 @@ use crate::error::{Error, Result, clip};
 use crate::model::{DType, HostTensor, ModelSpec};
 use crate::proto::kserve as ks;
 use crate::request::{Answer, InferRequest, Inputs, TensorData, TensorInput, TextsInput};
-
-/// The only model version torchwire serves.
-pub const VERSION: &str = "1";
 
 /// KServe datatype string of a dtype.
 pub fn datatype(d: DType) -> &'static str {
@@ -113,7 +110,8 @@ impl TryFrom<ks::ModelInferRequest> for InferRequest {
                     format!("a BYTES input (the texts of a text model) must be the only input, got {}", inputs.len()),
                 )
             })?;
-            return Ok(InferRequest { device: DeviceRequest::Auto, inputs: Inputs::Texts(texts(input, raws.next())?) });
+            let inputs = Inputs::Texts(texts(input, raws.next())?);
+            return Ok(InferRequest { version: req.model_version, device: DeviceRequest::Auto, inputs });
         }
         let tensors = req
             .inputs
@@ -121,7 +119,7 @@ impl TryFrom<ks::ModelInferRequest> for InferRequest {
             .enumerate()
             .map(|(i, input)| tensor_input(i, input, raws.next()))
             .collect::<Result<_>>()?;
-        Ok(InferRequest { device: DeviceRequest::Auto, inputs: Inputs::Tensors(tensors) })
+        Ok(InferRequest { version: req.model_version, device: DeviceRequest::Auto, inputs: Inputs::Tensors(tensors) })
     }
 }
 
@@ -215,7 +213,7 @@ pub fn infer_response(
     let (metas, raws): (Vec<_>, Vec<_>) = outputs.into_iter().map(infer_output).unzip();
     Ok(ks::ModelInferResponse {
         model_name: a.spec.name.clone(),
-        model_version: VERSION.to_owned(),
+        model_version: a.spec.version.to_string(),
         id,
         parameters: Default::default(),
         outputs: metas,
@@ -244,18 +242,6 @@ pub fn timeout_param(req: &ks::ModelInferRequest) -> Result<Option<Duration>> {
     }
 }
 
-/// Checks a requested model version: torchwire serves version "1" (empty means it).
-pub fn check_version(v: &str) -> Result<()> {
-    if v.is_empty() || v == VERSION {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            "model_version",
-            format!("torchwire serves version \"1\" (or empty), got {:?}", clip(v, 16)),
-        ))
-    }
-}
-
 fn output_metadata(spec: &ModelSpec) -> Vec<ks::model_metadata_response::TensorMetadata> {
     let labels = spec.labels.len() as i64;
     let dims = if labels > 0 { vec![-1, labels] } else { vec![-1, -1] };
@@ -274,7 +260,8 @@ fn output_metadata(spec: &ModelSpec) -> Vec<ks::model_metadata_response::TensorM
     out
 }
 
-pub fn model_metadata(spec: &ModelSpec) -> ks::ModelMetadataResponse {
+/// A version's metadata; `versions` lists every served version of the model.
+pub fn model_metadata(spec: &ModelSpec, versions: Vec<String>) -> ks::ModelMetadataResponse {
     let inputs = if spec.text.is_some() {
         vec![ks::model_metadata_response::TensorMetadata {
             name: TEXT_INPUT.into(),
@@ -293,7 +280,7 @@ pub fn model_metadata(spec: &ModelSpec) -> ks::ModelMetadataResponse {
     };
     ks::ModelMetadataResponse {
         name: spec.name.clone(),
-        versions: vec![VERSION.to_owned()],
+        versions,
         platform: "pytorch_libtorch".into(),
         inputs,
         outputs: output_metadata(spec),

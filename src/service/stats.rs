@@ -27,7 +27,13 @@ fn unix_ms(t: SystemTime) -> i64 {
 pub fn stats_response(state: &AppState, model: Option<&str>, now: SystemSample) -> proto::StatsResponse {
     let snap = state.stats.snapshot(model);
     let mut models: Vec<proto::ModelStats> = Vec::new();
-    for spec in state.registry.repository().specs().filter(|s| model.is_none_or(|m| m == s.name)) {
+    // One row per (model, device): the state of the version its default routes to.
+    let view = state.registry.catalog().view();
+    let defaults =
+        view.repo.entries().filter(|e| model.is_none_or(|m| m == e.name)).filter_map(|e| {
+            view.routes.get(&e.name).and_then(|r| r.specs.get(&r.default.pick(0))).or_else(|| e.latest())
+        });
+    for spec in defaults {
         for d in state.registry.status(spec) {
             let device = d.device.label();
             let figures = snap.models.iter().find(|((m, dev), _)| *m == spec.name && *dev == device).map(|(_, f)| f);
@@ -66,6 +72,17 @@ pub fn stats_response(state: &AppState, model: Option<&str>, now: SystemSample) 
             ..Default::default()
         });
     }
+    let versions = snap
+        .versions
+        .iter()
+        .map(|((m, v), f)| proto::VersionStats {
+            model: m.clone(),
+            version: v.to_string(),
+            requests: f.requests,
+            errors: f.errors,
+            latency: Some(latency(f.latency)),
+        })
+        .collect();
     let devices = state
         .registry
         .devices()
@@ -98,6 +115,7 @@ pub fn stats_response(state: &AppState, model: Option<&str>, now: SystemSample) 
             .collect(),
         models,
         devices,
+        versions,
         since_unix_ms: unix_ms(snap.since),
     }
 }

@@ -22,7 +22,7 @@ impl TryFrom<proto::PredictRequest> for InferRequest {
             ),
             (true, false) => Inputs::Rows(req.rows.into_iter().map(|r| r.features.into_iter().collect()).collect()),
         };
-        Ok(InferRequest { device, inputs })
+        Ok(InferRequest { version: req.version, device, inputs })
     }
 }
 
@@ -38,7 +38,7 @@ impl TryFrom<proto::SentimentRequest> for InferRequest {
             (true, false) => req.texts.into_iter().map(String::into_bytes).collect(),
         };
         let max_length = (req.max_length != 0).then_some(i64::from(req.max_length));
-        Ok(InferRequest { device, inputs: Inputs::Texts(TextsInput { texts, max_length }) })
+        Ok(InferRequest { version: req.version, device, inputs: Inputs::Texts(TextsInput { texts, max_length }) })
     }
 }
 
@@ -117,6 +117,7 @@ impl From<DType> for proto::DataType {
 pub fn predict_response(a: Answer) -> proto::PredictResponse {
     proto::PredictResponse {
         model: a.spec.name.clone(),
+        version: a.spec.version.to_string(),
         device: a.device.to_string(),
         predictions: (0..a.predictions.len()).map(|i| classification(&a, i)).collect(),
         timing: Some(timing(&a)),
@@ -144,6 +145,7 @@ pub fn sentiment_response(a: Answer) -> proto::SentimentResponse {
     proto::SentimentResponse {
         results,
         model: a.spec.name.clone(),
+        version: a.spec.version.to_string(),
         device: a.device.to_string(),
         timing: Some(timing(&a)),
     }

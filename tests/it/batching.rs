@@ -16,6 +16,7 @@ use torchwire::proto::{DataType, PredictRequest, Tensor};
 
 fn one_row(v: f32) -> PredictRequest {
     PredictRequest {
+        version: String::new(),
         model: "tiny_risk".into(),
         device: "cpu".into(),
         inputs: vec![Tensor {

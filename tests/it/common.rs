@@ -27,6 +27,7 @@ pub fn fixtures_dir() -> PathBuf {
 /// A Predict for a model with `tiny_risk`'s input (`features`, float32 `[rows, 4]`).
 pub fn tensor_predict(model: &str, rows: &[Vec<f32>]) -> torchwire::proto::PredictRequest {
     torchwire::proto::PredictRequest {
+        version: String::new(),
         model: model.into(),
         device: "cpu".into(),
         inputs: vec![torchwire::proto::Tensor {

@@ -30,6 +30,7 @@ fn t(shape: &[i64], values: &[f32]) -> T {
 
 fn predict(model: &str, tensors: &[T]) -> PredictRequest {
     PredictRequest {
+        version: String::new(),
         model: model.into(),
         device: String::new(),
         inputs: tensors

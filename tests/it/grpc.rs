@@ -48,6 +48,7 @@ fn close(a: f32, b: f32) -> bool {
 
 fn tensor_request(rows: &[Vec<f32>]) -> PredictRequest {
     PredictRequest {
+        version: String::new(),
         model: "tiny_risk".into(),
         device: "cpu".into(),
         inputs: vec![Tensor {
@@ -63,6 +64,7 @@ fn tensor_request(rows: &[Vec<f32>]) -> PredictRequest {
 
 fn row_request(e: &Expected) -> PredictRequest {
     PredictRequest {
+        version: String::new(),
         model: "tiny_risk".into(),
         device: String::new(),
         inputs: vec![],
@@ -133,26 +135,46 @@ async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
     let cases: Vec<(&str, PredictRequest, Code, &str)> = vec![
         (
             "empty model",
-            PredictRequest { model: String::new(), ..good.clone() },
+            PredictRequest { version: String::new(), model: String::new(), ..good.clone() },
             Code::InvalidArgument,
             "`model` is required",
         ),
         (
             "unknown model",
-            PredictRequest { model: "nope".into(), ..good.clone() },
+            PredictRequest { version: String::new(), model: "nope".into(), ..good.clone() },
             Code::NotFound,
             "available models: broken, tiny_bert, tiny_risk",
         ),
-        ("slash", PredictRequest { model: "a/b".into(), ..good.clone() }, Code::InvalidArgument, "must match"),
         (
-            "dotdot",
-            PredictRequest { model: "../etc/passwd".into(), ..good.clone() },
+            "slash",
+            PredictRequest { version: String::new(), model: "a/b".into(), ..good.clone() },
             Code::InvalidArgument,
             "must match",
         ),
-        ("long name", PredictRequest { model: "a".repeat(200), ..good.clone() }, Code::InvalidArgument, "must match"),
-        ("neither", PredictRequest { inputs: vec![], ..good.clone() }, Code::InvalidArgument, "none given"),
-        ("both", PredictRequest { rows: row_request(&e).rows, ..good.clone() }, Code::InvalidArgument, "not both"),
+        (
+            "dotdot",
+            PredictRequest { version: String::new(), model: "../etc/passwd".into(), ..good.clone() },
+            Code::InvalidArgument,
+            "must match",
+        ),
+        (
+            "long name",
+            PredictRequest { version: String::new(), model: "a".repeat(200), ..good.clone() },
+            Code::InvalidArgument,
+            "must match",
+        ),
+        (
+            "neither",
+            PredictRequest { version: String::new(), inputs: vec![], ..good.clone() },
+            Code::InvalidArgument,
+            "none given",
+        ),
+        (
+            "both",
+            PredictRequest { version: String::new(), rows: row_request(&e).rows, ..good.clone() },
+            Code::InvalidArgument,
+            "not both",
+        ),
         ("missing feature", missing, Code::InvalidArgument, "missing feature `bmi` (kg/m2)"),
         ("unknown feature", unknown, Code::InvalidArgument, "unknown feature(s) `shoe_size`"),
         (
@@ -185,13 +207,13 @@ async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
         ("nan row", nan_row, Code::InvalidArgument, "NaN and Inf"),
         (
             "no cuda",
-            PredictRequest { device: "cuda:0".into(), ..good.clone() },
+            PredictRequest { version: String::new(), device: "cuda:0".into(), ..good.clone() },
             Code::FailedPrecondition,
             "available devices: cpu",
         ),
         (
             "tpu",
-            PredictRequest { device: "tpu".into(), ..good.clone() },
+            PredictRequest { version: String::new(), device: "tpu".into(), ..good.clone() },
             Code::InvalidArgument,
             "\"cpu\" or \"cuda:N\"",
         ),

@@ -41,6 +41,7 @@ fn copy_model(from: &Path, to: &Path) {
 
 fn predict(model: &str) -> PredictRequest {
     PredictRequest {
+        version: String::new(),
         model: model.into(),
         device: "cpu".into(),
         inputs: vec![Tensor {

@@ -11,6 +11,7 @@ use torchwire::proto::{DataType, PredictRequest, ResetStatsRequest, StatsRequest
 
 fn predict(model: &str, values: Vec<f32>) -> PredictRequest {
     PredictRequest {
+        version: String::new(),
         model: model.into(),
         device: "cpu".into(),
         inputs: vec![Tensor {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::common::{TestServer, fixtures_dir};
 use tonic::Code;
 use torchwire::config::Config;
-use torchwire::model::manifest::Repository;
+use torchwire::model::Repository;
 use torchwire::proto::{PredictRequest, Row, SentimentRequest, SentimentResponse};
 use torchwire::tokenize::TextEncoder;
 
@@ -61,8 +61,8 @@ fn fixture_parity() -> Parity {
 fn rust_token_ids_equal_the_python_tokenizer() {
     let p = fixture_parity();
     assert!(p.cases.len() >= 50, "at least 50 strings, got {}", p.cases.len());
-    let repo = Repository::scan(&fixtures_dir()).unwrap();
-    let spec = repo.get("tiny_bert").unwrap();
+    let repo = Repository::scan(&fixtures_dir(), None).unwrap();
+    let spec = std::sync::Arc::clone(repo.get("tiny_bert").unwrap().latest().unwrap());
     let mut enc = TextEncoder::load(&spec.text.as_ref().unwrap().tokenizer).unwrap();
     for c in &p.cases {
         let (tensors, infos) = enc.encode(std::slice::from_ref(&c.text), p.max_length as usize, &spec.inputs).unwrap();

@@ -1,0 +1,102 @@
+//! A version's self-test: after the load and warm-up, on the worker thread, the manifest's
+//! golden inputs run through the same checks and forward pass as requests, and their first
+//! output must reproduce the recorded one within the tolerance. A version that fails never
+//! becomes READY, so it never takes a request (and a swap to it keeps the old version).
+
+use std::collections::HashMap;
+
+use crate::batch::Payload;
+use crate::error::Cause;
+use crate::model::{HostTensor, ModelSpec, SelfTest};
+use crate::request::{Inputs, TextsInput};
+use crate::validate::{Limits, payload};
+
+/// Limits wide enough for any golden the manifest parser accepted.
+const LIMITS: Limits =
+    Limits { max_tensor_elements: usize::MAX, max_rows: usize::MAX, max_texts: usize::MAX, max_text_bytes: usize::MAX };
+
+/// Runs every self-test of `spec` with `run` (the worker's tokenise-and-forward); `Ok` when
+/// all reproduce, else the first mismatch, named.
+pub fn check(spec: &ModelSpec, mut run: impl FnMut(Payload) -> Result<Vec<HostTensor>, Cause>) -> Result<(), Cause> {
+    for (i, test) in spec.self_test.iter().enumerate() {
+        let (p, _) = payload(spec, inputs(spec, test), usize::MAX, LIMITS)
+            .map_err(|e| Cause::SelfTest(format!("self_test[{i}] inputs: {e}")))?;
+        let outputs = run(p)?;
+        let first =
+            outputs.first().ok_or_else(|| Cause::SelfTest(format!("self_test[{i}]: the model returned nothing")))?;
+        compare(i, test, &first.to_f32())?;
+    }
+    if !spec.self_test.is_empty() {
+        tracing::info!(model = %spec.name, version = spec.version, checks = spec.self_test.len(), "self-test passed");
+    }
+    Ok(())
+}
+
+fn inputs(spec: &ModelSpec, test: &SelfTest) -> Inputs {
+    if !test.texts.is_empty() {
+        return Inputs::Texts(TextsInput {
+            texts: test.texts.iter().map(|t| t.as_bytes().to_vec()).collect(),
+            max_length: None,
+        });
+    }
+    let features = spec.inputs.first().map(|i| i.features.as_slice()).unwrap_or_default();
+    Inputs::Rows(
+        test.rows
+            .iter()
+            .map(|row| features.iter().zip(row).map(|(f, v)| (f.name.clone(), *v)).collect::<HashMap<_, _>>())
+            .collect(),
+    )
+}
+
+fn compare(i: usize, test: &SelfTest, got: &[f32]) -> Result<(), Cause> {
+    let want: Vec<f64> = test.expected.iter().flatten().copied().collect();
+    if got.len() != want.len() {
+        return Err(Cause::SelfTest(format!(
+            "self_test[{i}]: the first output has {} values, the golden {}",
+            got.len(),
+            want.len()
+        )));
+    }
+    let worst =
+        got.iter().zip(&want).map(|(g, w)| (f64::from(*g) - w).abs()).enumerate().fold((0, 0.0_f64), |acc, (j, d)| {
+            if d.is_nan() || d > acc.1 { (j, if d.is_nan() { f64::INFINITY } else { d }) } else { acc }
+        });
+    if worst.1 > test.tolerance {
+        return Err(Cause::SelfTest(format!(
+            "self_test[{i}]: output {} is {} where the golden is {} (off by {:.3e}, tolerance {:.1e})",
+            worst.0, got[worst.0], want[worst.0], worst.1, test.tolerance
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::manifest::parse_manifest;
+    use std::path::Path;
+
+    fn spec(expected: &str) -> ModelSpec {
+        let text = format!(
+            "kind = \"tabular\"\n[[inputs]]\nname = \"x\"\ndtype = \"float32\"\nshape = [-1, 2]\nfeatures = [{{ name = \"a\" }}, {{ name = \"b\" }}]\n[[self_test]]\nrows = [[1.0, 2.0]]\nexpected = [{expected}]\ntolerance = 0.01\n"
+        );
+        parse_manifest("m", Path::new("/nonexistent"), &text).unwrap()
+    }
+
+    /// A backend stand-in that answers `a + b` and `a - b` for the row it gets.
+    fn sum_and_difference(p: Payload) -> Result<Vec<HostTensor>, Cause> {
+        let Payload::Tensors(t) = p else { panic!("rows become tensors") };
+        let x = t[0].to_f32();
+        Ok(vec![HostTensor::from_f32("y", vec![1, 2], &[x[0] + x[1], x[0] - x[1]])])
+    }
+
+    #[test]
+    fn goldens_must_reproduce_within_the_tolerance() {
+        check(&spec("[3.0, -1.0]"), sum_and_difference).unwrap();
+        check(&spec("[3.005, -1.0]"), sum_and_difference).unwrap();
+        let err = check(&spec("[3.0, -1.5]"), sum_and_difference).unwrap_err();
+        assert!(err.to_string().contains("output 1 is -1 where the golden is -1.5"), "{err}");
+        let err = check(&spec("[3.0]"), sum_and_difference).unwrap_err();
+        assert!(err.to_string().contains("has 2 values, the golden 1"), "{err}");
+    }
+}
