@@ -43,6 +43,7 @@ lint: setup
 test: lint setup-system models
 	cargo test --locked --workspace
 	$(PY) -m unittest benches.suite.test_wire
+	$(PY) -m unittest models.test_layout
 	bash scripts/setup-triton.sh
 	cargo build --locked
 	TORCHWIRE_BIN=target/debug/torchwire .venv-triton/bin/python -m pytest -q tests/kserve

@@ -44,8 +44,8 @@ kill -TERM $tw; wait $tw || true
 
 echo "## Python grpcio + torch baseline ($model, 4 workers, 1 torch thread)"
 PYTHONPATH=$PWD/.venv-peers/python-grpc taskset -c 0 .venv-peers/python-grpc/bin/python "$peers/python-grpc/server.py" \
-  --port 50096 --torch-threads 1 --workers 4 --tabular "models/$model/model.pt" --tabular-name "$model" \
-  --features "$features" --text models/sentiment/model.pt --tokenizer models/sentiment/tokenizer.json >/dev/null 2>&1 &
+  --port 50096 --torch-threads 1 --workers 4 --tabular "models/$model/1/model.pt" --tabular-name "$model" \
+  --features "$features" --text models/sentiment/1/model.pt --tokenizer models/sentiment/tokenizer.json >/dev/null 2>&1 &
 py=$!
 wait_port 127.0.0.1:50096 $py
 pa 127.0.0.1:50096 "$model"

@@ -2,6 +2,8 @@
 comparison with the same sentence through torchwire (`torchwire-bench load --rpc sentiment`).
 
     taskset -c 0 .venv/bin/python benches/python_forward.py [model dir] [threads]
+
+Reads version 1 of the model (<model dir>/1/model.pt) and the model's tokenizer.json.
 """
 
 import statistics
@@ -18,7 +20,7 @@ torch.set_num_threads(threads)
 tok = Tokenizer.from_file(f"{model_dir}/tokenizer.json")
 tok.no_padding()
 tok.enable_truncation(256)
-model = torch.jit.load(f"{model_dir}/model.pt").eval()
+model = torch.jit.load(f"{model_dir}/1/model.pt").eval()
 enc = tok.encode(text)
 ids = torch.tensor([enc.ids], dtype=torch.int64)
 mask = torch.tensor([enc.attention_mask], dtype=torch.int64)

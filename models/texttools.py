@@ -1,6 +1,7 @@
 """Helpers shared by models/build.py (sentiment models) and models/fixtures/make_fixtures.py
 (tiny_bert fixture): the all-MiniLM-L6-v2 files, tokenizing, text manifests, TorchScript export
-checks and the parity strings/cases the Rust side compares against."""
+checks, the parity strings/cases the Rust side compares against, and the self-test goldens of a
+saved text model (version.toml)."""
 
 import json
 import math
@@ -11,6 +12,7 @@ from typing import Dict, List, Sequence
 
 import torch
 
+from layout import write_atomic
 from textmodel import pad_batch
 
 LABELS = ["negative", "positive"]
@@ -72,7 +74,7 @@ def write_text_manifest(out: Path, header: str, description: str, max_length: in
                         dataset: str, split: str, notes: str, metrics: Dict[str, float]) -> None:
     metric_lines = "\n".join(f"{k} = {v}" for k, v in metrics.items())
     metrics_table = f"\n[provenance.metrics]\n{metric_lines}\n" if metrics else ""
-    (out / "model.toml").write_text(
+    write_atomic(out / "model.toml",
         f"""{header}
 kind = "text-classification"
 description = {json.dumps(description)}
@@ -99,6 +101,27 @@ split = {json.dumps(split)}
 notes = {json.dumps(notes)}
 {metrics_table}"""
     )
+
+
+def text_goldens(model_path: Path, tokenizer_path: Path, max_length: int, texts: Sequence[str],
+                 max_tokens: int = 15) -> List[List[float]]:
+    """The SAVED TorchScript file's raw logits for each text alone (batch 1, so padding never
+    matters), tokenised as the server does (load_tokenizer: special tokens, no padding, right
+    truncation at max_length). Texts must stay within max_tokens, so that no truncation a server
+    or request applies can change them."""
+    tok = load_tokenizer(tokenizer_path, max_length)
+    model = torch.jit.load(str(model_path))
+    model.eval()
+    out = []
+    for text in texts:
+        enc = tok.encode(text)
+        if len(enc.ids) > max_tokens:
+            raise ValueError(f"self-test text {text!r} has {len(enc.ids)} tokens, more than {max_tokens}")
+        ids = torch.tensor([enc.ids], dtype=torch.int64)
+        mask = torch.tensor([enc.attention_mask], dtype=torch.int64)
+        with torch.no_grad():
+            out.append(model(ids, mask)[0].float().tolist())
+    return out
 
 
 def logits_in_batches(model, seqs: List[List[int]], batch_size: int = 32) -> torch.Tensor:
@@ -275,7 +298,7 @@ def parity_document(model_path: Path, tokenizer_path: Path, max_length: int) -> 
 def write_parity(path: Path, doc: dict) -> None:
     """ASCII JSON (exotic characters as \\u escapes), one case per line."""
     cases = ",\n".join("    " + json.dumps(c, ensure_ascii=True) for c in doc["cases"])
-    path.write_text(
+    write_atomic(path,
         "{\n"
         f'  "max_length": {doc["max_length"]},\n'
         f'  "labels": {json.dumps(doc["labels"])},\n'

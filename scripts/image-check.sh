@@ -116,16 +116,22 @@ fi
 # ---- 3. artifacts --------------------------------------------------------------------------------
 step "cargo build --release --locked"
 cargo build --release --locked
-if ! ls models/*/model.toml >/dev/null 2>&1; then
-  step "building the bundled models (models/build.py)"
-  .venv/bin/python models/build.py
-fi
+# Idempotent: builds what is missing, moves an old flat build into version 1, else says
+# "up to date" in a few seconds.
+step "building the bundled models (models/build.py)"
+.venv/bin/python models/build.py
 step "staging the binary, libraries and models in $stage"
 rm -rf "$stage"
 mkdir -p "$stage/models"
 cp target/release/torchwire "$stage/torchwire"
+# Each model folder with its version folders (models/<name>/<N>/); the `*` glob skips dot-entries,
+# so a version still being written (.<N>.tmp) stays out.
 for d in models/*/; do
-  if [ -f "$d/model.toml" ]; then cp -r "$d" "$stage/models/"; fi
+  if [ -f "$d/model.toml" ]; then
+    n=$(basename "$d")
+    mkdir -p "$stage/models/$n"
+    cp -r "$d"* "$stage/models/$n/"
+  fi
 done
 if [ "$cpu" = 1 ]; then
   bash deploy/docker/collect-libs.sh --cpu-only "$stage/torchwire" "$stage/lib"

@@ -223,8 +223,8 @@ def start_python(ctx: Context, label: str) -> tuple[Server, int, float]:
     port = free_port()
     cmd = ctx.taskset(SERVER_CPU) + [
         str(py), str(ctx.peers_src / "python-grpc/server.py"), "--port", str(port), "--torch-threads", "1",
-        "--workers", "4", "--tabular", str(ROOT / "models" / TAB_MODEL / "model.pt"), "--tabular-name", PEER_TAB,
-        "--features", str(ctx.tab_features), "--text", str(ROOT / "models" / TEXT_MODEL / "model.pt"),
+        "--workers", "4", "--tabular", str(ROOT / "models" / TAB_MODEL / "1" / "model.pt"), "--tabular-name", PEER_TAB,
+        "--features", str(ctx.tab_features), "--text", str(ROOT / "models" / TEXT_MODEL / "1" / "model.pt"),
         "--text-name", PEER_TEXT, "--tokenizer", str(ROOT / "models" / TEXT_MODEL / "tokenizer.json")]
     s = Server(label, cmd, ctx.tmp / f"{label}.log", env=env)
     ctx.record_server_cmd(label, s.cmd, f"PYTHONPATH={env['PYTHONPATH']}")
@@ -241,10 +241,10 @@ def torchserve_store(ctx: Context) -> Path:
     h = ctx.peers_src / "torchserve/handlers"
     ctx.log("TorchServe: archiving the models (torch-model-archiver)")
     ctx.run_cmd("torchserve archive", [arch, "--model-name", PEER_TAB, "--version", "1.0", "--serialized-file",
-                                       ROOT / "models" / TAB_MODEL / "model.pt", "--handler", h / "mlp_handler.py",
+                                       ROOT / "models" / TAB_MODEL / "1" / "model.pt", "--handler", h / "mlp_handler.py",
                                        "--export-path", store], timeout=300)
     ctx.run_cmd("torchserve archive", [arch, "--model-name", PEER_TEXT, "--version", "1.0", "--serialized-file",
-                                       ROOT / "models" / TEXT_MODEL / "model.pt", "--handler", h / "text_handler.py",
+                                       ROOT / "models" / TEXT_MODEL / "1" / "model.pt", "--handler", h / "text_handler.py",
                                        "--extra-files", ROOT / "models" / TEXT_MODEL / "tokenizer.json",
                                        "--export-path", store], timeout=300)
     return store

@@ -137,7 +137,7 @@ async fn server_probabilities_equal_python_on_the_real_sentiment_model() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models");
     let parity_file = dir.join("sentiment/parity.json");
     assert!(
-        parity_file.exists() && dir.join("sentiment/model.pt").exists(),
+        parity_file.exists() && dir.join("sentiment/1/model.pt").exists(),
         "models/sentiment is not built: run `make models` (make test does) before the tests"
     );
     let p = parity(&parity_file);
