@@ -15,3 +15,4 @@ mod limits;
 mod observability;
 mod security;
 mod sentiment;
+mod versions;
