@@ -303,27 +303,7 @@ pub fn parse_version_spec(
         inputs.push(InputSpec { name: r.name, dtype, shape: r.shape, features: r.features });
     }
     if kind == ModelKind::Tabular {
-        let [input] = inputs.as_slice() else {
-            return Err(ManifestError("a tabular model takes exactly one input".into()));
-        };
-        if input.shape.len() != 2 || input.shape[1] < 1 {
-            return Err(ManifestError("a tabular input has shape [-1, n_features]".into()));
-        }
-        if input.features.len() != input.shape[1] as usize {
-            return Err(ManifestError(format!(
-                "a tabular input lists {} features but its shape has {}",
-                input.features.len(),
-                input.shape[1]
-            )));
-        }
-        if !input.dtype.is_float() {
-            return Err(ManifestError("a tabular input must be a float type".into()));
-        }
-        let mut names: Vec<&str> = input.features.iter().map(|f| f.name.as_str()).collect();
-        names.sort_unstable();
-        if names.windows(2).any(|w| w[0] == w[1]) {
-            return Err(ManifestError("feature names must be unique".into()));
-        }
+        check_tabular(&inputs)?;
     }
     let text = match (kind, raw.text) {
         (ModelKind::TextClassification, Some(t)) => Some(text_spec(dir, version_dir, t, &inputs)?),
@@ -360,6 +340,32 @@ pub fn parse_version_spec(
         fp16: raw.fp16,
         self_test: raw.self_test,
     })
+}
+
+/// A tabular model: one float input `[-1, n]` listing its `n` uniquely named features.
+fn check_tabular(inputs: &[InputSpec]) -> Result<(), ManifestError> {
+    let [input] = inputs else {
+        return Err(ManifestError("a tabular model takes exactly one input".into()));
+    };
+    if input.shape.len() != 2 || input.shape[1] < 1 {
+        return Err(ManifestError("a tabular input has shape [-1, n_features]".into()));
+    }
+    if input.features.len() != input.shape[1] as usize {
+        return Err(ManifestError(format!(
+            "a tabular input lists {} features but its shape has {}",
+            input.features.len(),
+            input.shape[1]
+        )));
+    }
+    if !input.dtype.is_float() {
+        return Err(ManifestError("a tabular input must be a float type".into()));
+    }
+    let mut names: Vec<&str> = input.features.iter().map(|f| f.name.as_str()).collect();
+    names.sort_unstable();
+    if names.windows(2).any(|w| w[0] == w[1]) {
+        return Err(ManifestError("feature names must be unique".into()));
+    }
+    Ok(())
 }
 
 fn check_self_tests(tests: &[SelfTest], kind: ModelKind, inputs: &[InputSpec]) -> Result<(), ManifestError> {

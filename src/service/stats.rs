@@ -23,6 +23,36 @@ fn unix_ms(t: SystemTime) -> i64 {
     i64::try_from(t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis()).unwrap_or(i64::MAX)
 }
 
+/// Per model version figures.
+fn version_stats(snap: &crate::stats::Snapshot) -> Vec<proto::VersionStats> {
+    snap.versions
+        .iter()
+        .map(|((m, v), f)| proto::VersionStats {
+            model: m.clone(),
+            version: v.to_string(),
+            requests: f.requests,
+            errors: f.errors,
+            latency: Some(latency(f.latency)),
+        })
+        .collect()
+}
+
+/// Every device with its default settings.
+fn devices(state: &AppState) -> Vec<proto::DeviceInfo> {
+    state
+        .registry
+        .devices()
+        .all()
+        .into_iter()
+        .map(|d| proto::DeviceInfo {
+            name: d.label(),
+            description: if d == crate::device::Device::Cpu { "cpu".to_owned() } else { format!("CUDA device {d}") },
+            total_memory_bytes: 0,
+            settings: Some(super::admin::settings(&state.registry.settings(None, d))),
+        })
+        .collect()
+}
+
 /// Builds the Stats answer, for every model or for `model` only.
 pub fn stats_response(state: &AppState, model: Option<&str>, now: SystemSample) -> proto::StatsResponse {
     let snap = state.stats.snapshot(model);
@@ -72,29 +102,8 @@ pub fn stats_response(state: &AppState, model: Option<&str>, now: SystemSample) 
             ..Default::default()
         });
     }
-    let versions = snap
-        .versions
-        .iter()
-        .map(|((m, v), f)| proto::VersionStats {
-            model: m.clone(),
-            version: v.to_string(),
-            requests: f.requests,
-            errors: f.errors,
-            latency: Some(latency(f.latency)),
-        })
-        .collect();
-    let devices = state
-        .registry
-        .devices()
-        .all()
-        .into_iter()
-        .map(|d| proto::DeviceInfo {
-            name: d.label(),
-            description: if d == crate::device::Device::Cpu { "cpu".to_owned() } else { format!("CUDA device {d}") },
-            total_memory_bytes: 0,
-            settings: Some(super::admin::settings(&state.registry.settings(None, d))),
-        })
-        .collect();
+    let versions = version_stats(&snap);
+    let devices = devices(state);
     proto::StatsResponse {
         total_requests: snap.total,
         latency: Some(latency(snap.latency)),
