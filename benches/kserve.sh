@@ -23,7 +23,7 @@ export LD_LIBRARY_PATH=$PWD/.venv-triton/lib/python3.11/site-packages/nvidia/cud
 pa() { # pa URL NAME: one bounded run per concurrency (perf_analyzer keeps every timestamp, so
   # an unbounded search for stability can grow without limit)
   for c in 1 4 16; do
-    timeout 120 taskset -c 1 .venv-triton/bin/perf_analyzer -m "$2" -x 1 -i grpc -u "$1" --concurrency-range "$c" \
+    timeout 120 taskset -c 1 .venv-triton/bin/perf_analyzer -m "$2" -i grpc -u "$1" --concurrency-range "$c" \
       --async --measurement-mode count_windows --measurement-request-count "$window" --max-trials 6 --stability-percentage 50 2>&1 | grep -E "^Concurrency: " || echo "concurrency $c: no stable result"
   done
 }

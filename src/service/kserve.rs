@@ -224,6 +224,11 @@ fn model_statistics(state: &SharedState, name: &str, version_asked: &str) -> Res
                 inference_stats: Some(ks::InferStatistics {
                     success: Some(ks::StatisticDuration { count: requests - errors, ns: total_ns }),
                     fail: Some(ks::StatisticDuration { count: errors, ns: 0 }),
+                    // Triton counts every successful request in `queue`; perf_analyzer run
+                    // without a version (`-x`) picks the version whose queue count grew
+                    // ("failed to find the requested model version" when none did). The time
+                    // waited is not measured apart from the total, so its ns stay 0.
+                    queue: Some(ks::StatisticDuration { count: requests - errors, ns: 0 }),
                     ..Default::default()
                 }),
                 batch_stats: vec![],

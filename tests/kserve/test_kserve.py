@@ -1,15 +1,20 @@
 """KServe v2 (Open Inference Protocol) through the real tritonclient against the real torchwire
 binary serving the committed fixtures: health, metadata, config, inference equal to the native
-RPCs (called through the real grpcurl), statistics, repository, and every error case.
+RPCs (called through the real grpcurl), statistics, repository, and every error case; then a
+temporary repository with two versions of one model (per-version metadata, readiness, config,
+inference, statistics, a label added by a reload, bad versions); then perf_analyzer without `-x`.
 
 Run by `make test` (TORCHWIRE_BIN points at the built binary).
 """
 
 import json
 import os
+import re
+import shutil
 import socket
 import struct
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -33,12 +38,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server():
+def start_server(model_dir: Path):
+    """Starts torchwire on `model_dir` and waits until it is live; returns (process, url, client)."""
     port = free_port()
     proc = subprocess.Popen(
         [BIN, "serve", "--grpc-addr", f"127.0.0.1:{port}", "--metrics-addr", "off", "--cpu-only",
-         "--model-dir", str(FIXTURES), "--log-level", "warn"],
+         "--model-dir", str(model_dir), "--log-level", "warn"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"127.0.0.1:{port}"
     client = grpcclient.InferenceServerClient(url)
@@ -52,9 +57,19 @@ def server():
         assert proc.poll() is None, "torchwire exited"
         assert time.time() < deadline, "torchwire did not start"
         time.sleep(0.05)
-    yield url, client
+    return proc, url, client
+
+
+def stop_server(proc):
     proc.terminate()
     assert proc.wait(timeout=30) == 0
+
+
+@pytest.fixture(scope="module")
+def server():
+    proc, url, client = start_server(FIXTURES)
+    yield url, client
+    stop_server(proc)
 
 
 def native(url: str, method: str, body: dict) -> dict:
@@ -173,6 +188,10 @@ def test_errors_are_clear(server):
         return s.ModelInfer(req)
 
     expect_error(lambda: infer(name="nope"), grpc.StatusCode.NOT_FOUND, "model `nope` not found")
+    # The fixtures are flat (version 1 only): another version is NOT_FOUND naming the served ones.
+    expect_error(lambda: infer(name="tiny_risk@2"), grpc.StatusCode.NOT_FOUND, "served versions: 1")
+    ready2 = service_pb2.ModelReadyRequest(name="tiny_risk", version="2")
+    expect_error(lambda: s.ModelReady(ready2), grpc.StatusCode.NOT_FOUND, "has no version 2; served versions: 1")
     expect_error(lambda: infer(datatype="INT64"), grpc.StatusCode.INVALID_ARGUMENT, "takes float32, got int64")
     expect_error(lambda: infer(datatype="COMPLEX"), grpc.StatusCode.INVALID_ARGUMENT, "unknown datatype")
     expect_error(lambda: infer(shape=(1, 5)), grpc.StatusCode.INVALID_ARGUMENT, "got 5 in dimension 1")
@@ -198,3 +217,167 @@ def test_timeout_parameter_tightens_the_deadline(server):
     req.parameters["timeout"].int64_param = 10_000_000
     req.parameters["priority"].int64_param = 1
     assert stub(url).ModelInfer(req).model_name == "tiny_risk"
+
+
+# --- Versions: a temporary repository with tiny_risk's model twice, as versions 1 and 2 -------
+
+@pytest.fixture(scope="module")
+def versioned(tmp_path_factory):
+    """`<tmp>/m/model.toml` + `<tmp>/m/1/model.pt` + `<tmp>/m/2/model.pt`, both served."""
+    repo = tmp_path_factory.mktemp("versioned")
+    model = repo / "m"
+    for v in ("1", "2"):
+        (model / v).mkdir(parents=True)
+        shutil.copy(FIXTURES / "tiny_risk" / "model.pt", model / v / "model.pt")
+    # A top-level key: it has to come before the manifest's first table.
+    manifest = 'version_policy = "all"\n' + (FIXTURES / "tiny_risk" / "model.toml").read_text()
+    (model / "model.toml").write_text(manifest)
+    proc, url, client = start_server(repo)
+    yield url, client, model
+    stop_server(proc)
+
+
+def rows_input():
+    rows = np.array(EXPECTED["rows"], dtype=np.float32)
+    inp = grpcclient.InferInput("features", list(rows.shape), "FP32")
+    inp.set_data_from_numpy(rows)
+    return inp
+
+
+def served_by(c, name="m", version=""):
+    """Infers and returns the version the answer says it came from (checking the answer)."""
+    res = c.infer(name, [rows_input()], model_version=version)
+    np.testing.assert_allclose(res.as_numpy("output_0"), np.array(EXPECTED["logits"]), rtol=1e-4, atol=1e-4)
+    assert res.get_response().model_name == "m"
+    return res.get_response().model_version
+
+
+def triton_error(fn) -> InferenceServerException:
+    with pytest.raises(InferenceServerException) as e:
+        fn()
+    return e.value
+
+
+def test_versions_metadata_ready_config(versioned):
+    _, c, _ = versioned
+    md = c.get_model_metadata("m", as_json=True)
+    assert md["versions"] == ["1", "2"]
+    assert c.get_model_metadata("m", "1", as_json=True)["versions"] == ["1", "2"]
+    assert c.is_model_ready("m", "1") and c.is_model_ready("m", "2") and c.is_model_ready("m")
+    e = triton_error(lambda: c.is_model_ready("m", "3"))
+    assert e.status() == "StatusCode.NOT_FOUND" and "served versions: 1, 2" in e.message(), e
+    for v in ("1", "2", ""):
+        cfg = c.get_model_config("m", v, as_json=True)["config"]
+        assert cfg["name"] == "m" and cfg["max_batch_size"] == 16 and cfg["input"][0]["dims"] == ["4"], cfg
+    e = triton_error(lambda: c.get_model_config("m", "3"))
+    assert e.status() == "StatusCode.NOT_FOUND", e
+    index = [(m["name"], m["version"]) for m in c.get_model_repository_index(as_json=True)["models"]]
+    assert index == [("m", "1"), ("m", "2")]
+
+
+def test_versions_infer_per_version_and_default(versioned):
+    _, c, _ = versioned
+    assert served_by(c, version="1") == "1"
+    assert served_by(c, version="2") == "2"
+    assert served_by(c, version="") == "2", "no default_version: the latest"
+    assert served_by(c, name="m@1") == "1"
+    e = triton_error(lambda: served_by(c, name="m@1", version="2"))
+    assert e.status() == "StatusCode.INVALID_ARGUMENT", e
+
+
+def stats_by_version(c, version=""):
+    out = {}
+    for s in c.get_inference_statistics("m", version, as_json=True)["model_stats"]:
+        inf = s.get("inference_stats", {})
+        success = int(inf.get("success", {}).get("count", 0))
+        # perf_analyzer without -x finds the version it drove by its growing queue count.
+        assert int(inf.get("queue", {}).get("count", 0)) == success, s
+        out[s["version"]] = success
+    return out
+
+
+def test_versions_statistics(versioned):
+    _, c, _ = versioned
+    before = stats_by_version(c)
+    assert set(before) == {"1", "2"}
+    for _ in range(3):
+        served_by(c, version="1")
+    for _ in range(5):
+        served_by(c, version="2")
+    after = stats_by_version(c)
+    assert (after["1"] - before["1"], after["2"] - before["2"]) == (3, 5), (before, after)
+    only = stats_by_version(c, "1")
+    assert list(only) == ["1"] and only["1"] == after["1"]
+
+
+def test_versions_bad_versions_are_clear(versioned):
+    _, c, _ = versioned
+    for version, code, text in [
+        ("0", "INVALID_ARGUMENT", "positive integer or a version label"),
+        ("-1", "INVALID_ARGUMENT", "positive integer or a version label"),
+        ("99999999999999999999999", "INVALID_ARGUMENT", "positive integer or a version label"),
+        ("nope", "NOT_FOUND", "no version label `nope`"),
+        ("3", "NOT_FOUND", "served versions: 1, 2"),
+    ]:
+        for call in (lambda: served_by(c, version=version), lambda: c.is_model_ready("m", version),
+                     lambda: c.get_model_metadata("m", version), lambda: c.get_inference_statistics("m", version)):
+            e = triton_error(call)
+            assert e.status() == f"StatusCode.{code}" and text in e.message(), (version, e)
+    e = triton_error(lambda: served_by(c, name="m@"))
+    assert e.status() == "StatusCode.INVALID_ARGUMENT", e
+    assert served_by(c) == "2", "still serving"
+
+
+def test_versions_label_after_reload(versioned):
+    url, c, model = versioned
+    e = triton_error(lambda: served_by(c, version="stable"))
+    assert e.status() == "StatusCode.NOT_FOUND", e
+    with open(model / "model.toml", "a") as f:
+        f.write("\n[version_labels]\nstable = 1\n")
+    subprocess.run([GRPCURL, "-plaintext", "-d", '{"wait": true}', url, "torchwire.v1.Admin/ReloadRepository"],
+                   capture_output=True, text=True, check=True)
+    assert served_by(c, version="stable") == "1"
+    assert served_by(c, name="m@stable") == "1"
+    assert served_by(c) == "2", "the default is still the latest"
+
+
+# --- perf_analyzer (issue 15 item 5): drives the KServe front door without -x -----------------
+
+PERF_ANALYZER = ROOT / ".venv-triton" / "bin" / "perf_analyzer"
+CUDART = ROOT / ".venv-triton" / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / \
+    "site-packages" / "nvidia" / "cuda_runtime" / "lib"
+
+
+def perf_analyzer_env():
+    """perf_analyzer's environment, or the reason it cannot run here (it links libb64 from
+    Debian's libb64-0d and libcudart from the nvidia-cuda-runtime-cu12 wheel, as benches/kserve.sh
+    installs them)."""
+    if not PERF_ANALYZER.exists():
+        return None, f"{PERF_ANALYZER} missing (bash scripts/setup-triton.sh)"
+    env = dict(os.environ, LD_LIBRARY_PATH=f"{CUDART}:{os.environ.get('LD_LIBRARY_PATH', '')}")
+    ldd = subprocess.run(["ldd", str(PERF_ANALYZER)], capture_output=True, text=True, env=env).stdout
+    missing = [l.split()[0] for l in ldd.splitlines() if "not found" in l]
+    if missing:
+        return None, f"perf_analyzer's libraries are missing: {missing} (see benches/kserve.sh)"
+    return env, None
+
+
+def test_perf_analyzer_without_version(server):
+    env, why = perf_analyzer_env()
+    if env is None:
+        pytest.skip(why)
+    url, _ = server
+    out = subprocess.run(
+        [str(PERF_ANALYZER), "-m", "tiny_risk", "-i", "grpc", "-u", url, "--concurrency-range", "1",
+         # Brief and bounded: this checks that it finds the model's version, not the figures,
+         # so any three windows of 50 requests count as stable on a busy two-core machine.
+         "--measurement-mode", "count_windows", "--measurement-request-count", "50", "--max-trials", "5",
+         "--stability-percentage", "1000"],
+        capture_output=True, text=True, env=env, timeout=120)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text
+    assert "failed to find the requested model version" not in text, text
+    m = re.search(r"^Concurrency: 1, throughput: ([0-9.]+) infer/sec", text, re.M)
+    assert m and float(m.group(1)) > 0, text
+    # The server side of its report comes from ModelStatistics for the version it found.
+    assert re.search(r"Successful request count: [1-9]", text), text
