@@ -39,7 +39,8 @@ pub struct ServeArgs {
     /// Address the gRPC server listens on.
     #[arg(long, env = "TORCHWIRE_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
-    /// Model repository: one folder per model with model.toml and model.pt.
+    /// Model repository: one folder per model with model.toml and one numbered folder per
+    /// version (`<N>/model.pt`), or model.pt beside model.toml for a single version 1.
     #[arg(long, env = "TORCHWIRE_MODEL_DIR", default_value = "./models")]
     pub model_dir: PathBuf,
     /// Address of the HTTP listener for /metrics (Prometheus), /healthz and /readyz; `off`
