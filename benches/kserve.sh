@@ -15,10 +15,6 @@ features=${FEATURES:-7}
 peers=${TORCHWIRE_PEERS_DIR:-../shared/peers}
 bash scripts/setup-triton.sh
 [ -d .venv-peers/python-grpc ] || bash "$peers/setup.sh" "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" .venv-peers
-if ! ldconfig -p | grep -q libb64.so.0d; then
-  [ "$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libb64-0d >/dev/null
-fi
-.venv-triton/bin/pip install -q --disable-pip-version-check 'nvidia-cuda-runtime-cu12==12.*'
 export LD_LIBRARY_PATH=$PWD/.venv-triton/lib/python3.11/site-packages/nvidia/cuda_runtime/lib
 pa() { # pa URL NAME: one bounded run per concurrency (perf_analyzer keeps every timestamp, so
   # an unbounded search for stability can grow without limit)
