@@ -64,6 +64,18 @@ pub struct Metrics {
     pub start_time: IntGauge,
 }
 
+impl Metrics {
+    /// Drops the per-version series of a version that left the repository, so the `version`
+    /// label only ever holds versions that exist.
+    pub fn forget_version(&self, model: &str, version: u64) {
+        let v = version.to_string();
+        for code in (0..=16).map(|c| crate::boundary::code_name(tonic::Code::from_i32(c))) {
+            let _ = self.version_requests.remove_label_values(&[model, &v, code]);
+        }
+        let _ = self.version_request_duration.remove_label_values(&[model, &v]);
+    }
+}
+
 fn buckets(start: f64, factor: f64, count: usize) -> Vec<f64> {
     exponential_buckets(start, factor, count).expect("constant bucket parameters are valid; this is a bug")
 }

@@ -517,6 +517,10 @@ impl ModelRegistry {
                     *state = Some(SlotState::Unloaded);
                     slot.retired_unix_ms.store(0, Ordering::Release);
                     swept += 1;
+                    let served = self.catalog.entry(&key.model).is_ok_and(|e| e.versions.contains_key(&key.version));
+                    if !served {
+                        self.metrics.forget_version(&key.model, key.version);
+                    }
                     tracing::info!(model = %key.model, version = key.version, device = %key.device, "retired version unloaded");
                 }
                 Some(SlotState::Ready { .. } | SlotState::Loading(_)) => {}
@@ -524,6 +528,19 @@ impl ModelRegistry {
             }
         }
         swept
+    }
+
+    /// Where `version` of `model` is loading or loaded (any generation), for versions that are
+    /// no longer served but still finishing their queue.
+    pub fn resident_states(&self, model: &str, version: u64) -> Vec<(Device, LoadState)> {
+        self.slots_of(model, Some(version))
+            .into_iter()
+            .filter_map(|(k, slot)| match slot.lock().as_ref() {
+                Some(SlotState::Ready { .. }) => Some((k.device, LoadState::Ready)),
+                Some(SlotState::Loading(_)) => Some((k.device, LoadState::Loading)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Devices where some version of `model` is ready.

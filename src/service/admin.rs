@@ -233,10 +233,23 @@ fn versions(state: &SharedState, entry: &ModelEntry, route: Option<&crate::catal
             }
         })
         .collect();
-    out.extend(entry.not_served.iter().map(|(v, why)| proto::VersionInfo {
-        version: v.to_string(),
-        status: format!("not served: {why}"),
-        ..Default::default()
+    out.extend(entry.not_served.iter().map(|(v, why)| {
+        proto::VersionInfo {
+            version: v.to_string(),
+            status: format!("not served: {why}"),
+            // A retired version still finishing its queue shows where.
+            devices: state
+                .registry
+                .resident_states(&entry.name, *v)
+                .into_iter()
+                .map(|(d, s)| proto::DeviceState {
+                    device: d.to_string(),
+                    state: load_state(s) as i32,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
     }));
     out.sort_by_key(|v| v.version.parse::<u64>().unwrap_or(0));
     out
@@ -284,13 +297,17 @@ pub fn settings(s: &Settings) -> proto::DeviceSettings {
     }
 }
 
-fn device_state(d: &DeviceStatus) -> proto::DeviceState {
-    let state = match d.state {
+fn load_state(s: LoadState) -> proto::ModelState {
+    match s {
         LoadState::Unloaded => proto::ModelState::Unloaded,
         LoadState::Loading => proto::ModelState::Loading,
         LoadState::Ready => proto::ModelState::Ready,
         LoadState::Failed => proto::ModelState::Failed,
-    };
+    }
+}
+
+fn device_state(d: &DeviceStatus) -> proto::DeviceState {
+    let state = load_state(d.state);
     proto::DeviceState {
         device: d.device.to_string(),
         state: state as i32,

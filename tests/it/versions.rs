@@ -202,6 +202,7 @@ async fn a_new_version_is_swapped_in_under_load_without_a_failed_request() {
         let info = self::info(&server).await;
         let v1 = info.versions.iter().find(|v| v.version == "1").unwrap();
         assert!(v1.status.contains("outside the version policy"), "{v1:?}");
+        // Listed on cpu while it finishes its queue; gone from the list once unloaded.
         if v1.devices.is_empty() {
             break;
         }
@@ -209,6 +210,13 @@ async fn a_new_version_is_swapped_in_under_load_without_a_failed_request() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(server.metric("torchwire_version_swaps_total{model=\"m\",outcome=\"ok\"}").await, Some(1.0));
+    let v2 = server.metric("torchwire_version_requests_total{code=\"OK\",model=\"m\",version=\"2\"}").await;
+    assert!(v2.is_some_and(|n| n > 0.0));
+    let v1 = server.metric("torchwire_version_requests_total{code=\"OK\",model=\"m\",version=\"1\"}").await;
+    assert_eq!(v1, None, "the series of a version that left the repository are dropped once it unloaded");
+    let status = version_of(&server, "m", "1").await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("outside the version policy (latest)"), "{}", status.message());
     server.stop().await.unwrap();
 }
 
