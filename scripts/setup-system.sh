@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Owns the Debian packages the build and the test suite use: `prometheus` (for promtool and a
-# real Prometheus server in the observability tests), and the DejaVu fonts `torchwire-bench
-# chart` draws its text with (read at run time; no font library is linked).
+# real Prometheus server in the observability tests), `redis-server` (a real Redis for the
+# response cache's shared-tier tests), and the DejaVu fonts `torchwire-bench chart` draws its
+# text with (read at run time; no font library is linked).
 # Idempotent: installs only what is missing, and does nothing when everything is there. Needs
 # root (CI and the dev machines run as root); otherwise says what to install.
 set -euo pipefail
 missing=()
 if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
   missing+=(prometheus)
+fi
+if ! command -v redis-server >/dev/null; then
+  missing+=(redis-server)
 fi
 for pkg in fonts-dejavu-core; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
@@ -28,4 +32,8 @@ apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The prometheus package may start a system Prometheus; the tests run their own on loopback ports.
 if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v service >/dev/null; then
   service prometheus stop >/dev/null 2>&1 || true
+fi
+# Likewise the redis-server package's own server: the tests start theirs on free ports.
+if [[ " ${missing[*]} " == *" redis-server "* ]] && command -v service >/dev/null; then
+  service redis-server stop >/dev/null 2>&1 || true
 fi

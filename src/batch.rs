@@ -15,7 +15,7 @@ use crate::model::{HostTensor, Prediction};
 use crate::tokenize::TextInfo;
 
 /// What a job asks the model to run on.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Payload {
     /// Tensors in the manifest's input order, sharing the batch dimension.
     Tensors(Vec<HostTensor>),

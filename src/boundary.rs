@@ -32,6 +32,8 @@ pub struct AppState {
     pub admission: Admission,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// The response cache (per row and text, for models that opt in).
+    pub cache: crate::cache::ResponseCache,
     /// Request statistics for Stats (reset by ResetStats).
     pub stats: RequestStats,
     /// Process and system samples for Stats.
@@ -63,6 +65,8 @@ pub struct Call {
     pub request_id: String,
     /// Whether the call is inference work subject to admission control.
     pub admitted: bool,
+    /// The client asked not to be answered from the response cache.
+    pub no_cache: bool,
 }
 
 /// What a handler ran on, handed back to the boundary for statistics.
@@ -107,10 +111,12 @@ impl AppState {
     /// State over a registry.
     pub fn new(registry: Arc<ModelRegistry>, config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
         let admission = Admission::new(config.admission);
+        let cache = crate::cache::ResponseCache::new(&config.cache, metrics.registry());
         AppState {
             registry,
             config,
             admission,
+            cache,
             metrics,
             stats: RequestStats::default(),
             sampler: SystemSampler::default(),
@@ -122,6 +128,7 @@ impl AppState {
     /// Sets the gauges that are read off the registry rather than counted: residency,
     /// memory and queue depth. Called before each scrape.
     pub fn refresh_gauges(&self) {
+        self.cache.refresh();
         let m = &self.metrics;
         m.models_loaded.reset();
         m.model_memory.reset();

@@ -128,6 +128,18 @@ pub struct ServeArgs {
     /// Admin.ReloadRepository.
     #[arg(long, env = "TORCHWIRE_REPOSITORY_POLL_SECS", default_value_t = 0.0)]
     pub repository_poll_secs: f64,
+    /// Bytes of the in-process response cache for models whose manifest has `[cache]`:
+    /// repeated rows and texts are answered without a forward pass. 0 = no in-process cache.
+    /// Capped at half of the memory this process may use.
+    #[arg(long, env = "TORCHWIRE_CACHE_BYTES", default_value_t = 0)]
+    pub cache_bytes: u64,
+    /// Redis shared by replicas as a second response-cache tier, e.g. `redis://cache:6379/0`.
+    /// A Redis that is down or slow never fails a request: it computes instead (counted).
+    #[arg(long, env = "TORCHWIRE_CACHE_REDIS_URL")]
+    pub cache_redis_url: Option<String>,
+    /// How long a Redis cache lookup may take before the request computes instead.
+    #[arg(long, env = "TORCHWIRE_CACHE_REDIS_TIMEOUT_MS", default_value_t = 20)]
+    pub cache_redis_timeout_ms: u64,
     /// Warm-up forward passes after each load, before the model serves (so the first request
     /// does not pay TorchScript's profiling passes).
     #[arg(long, env = "TORCHWIRE_WARMUP_RUNS", default_value_t = 2)]
@@ -313,6 +325,7 @@ impl TryFrom<ServeArgs> for Config {
             model_memory_budget_bytes: a.model_memory_budget_bytes,
             warmup_runs: a.warmup_runs,
             idle_unload: (a.idle_unload_secs > 0).then(|| Duration::from_secs(a.idle_unload_secs)),
+            cache: cache_config(a.cache_bytes, a.cache_redis_url.clone(), a.cache_redis_timeout_ms),
             repository_poll: (a.repository_poll_secs > 0.0)
                 .then(|| Duration::try_from_secs_f64(a.repository_poll_secs))
                 .transpose()
@@ -339,6 +352,23 @@ impl TryFrom<ServeArgs> for Config {
                 },
             },
         })
+    }
+}
+
+/// The response cache's settings; a size beyond half of the memory this process may use is
+/// capped there (and said so).
+fn cache_config(bytes: u64, redis_url: Option<String>, timeout_ms: u64) -> crate::cache::CacheConfig {
+    let limit = crate::stats::ProcessLimits::read(std::path::Path::new("/")).memory_bytes / 2;
+    let bytes = if limit > 0 && bytes > limit {
+        tracing::warn!(asked = bytes, capped = limit, "--cache-bytes is beyond half of this process's memory; capped");
+        limit
+    } else {
+        bytes
+    };
+    crate::cache::CacheConfig {
+        bytes,
+        redis_url: redis_url.filter(|u| !u.trim().is_empty()),
+        redis_timeout: Duration::from_millis(timeout_ms.max(1)),
     }
 }
 

@@ -63,6 +63,8 @@ pub struct Config {
     pub idle_unload: Option<Duration>,
     /// Rescan the model repository this often; `None` = only on Admin.ReloadRepository.
     pub repository_poll: Option<Duration>,
+    /// The response cache.
+    pub cache: crate::cache::CacheConfig,
     /// Models loaded (and pinned) at start-up, in the background: `name` or `name@device`.
     pub preload: Vec<String>,
     /// Keep health `""` NOT_SERVING until every preloaded model is ready.
@@ -118,6 +120,7 @@ impl Config {
             warmup_runs: 1,
             idle_unload: None,
             repository_poll: None,
+            cache: crate::cache::CacheConfig::default(),
             preload: Vec::new(),
             ready_after_preload: false,
             metrics_addr: None,

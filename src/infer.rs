@@ -1,7 +1,8 @@
 //! The one inference path every front door calls: resolve the model version (by number,
-//! label, canary split or the model's default) and the device, check the
-//! inputs, load the model if needed (single flight), submit the job to its worker (bounded
-//! queue: a full one is RESOURCE_EXHAUSTED at once), and await the answer.
+//! label, canary split or the model's default) and the device, check the inputs, answer what
+//! the response cache has (models that opt in), load the model if needed (single flight),
+//! submit the rest as one job to its worker (bounded queue: a full one is RESOURCE_EXHAUSTED at
+//! once), and await the answer.
 //!
 //! Runs inside the boundary (which holds the deadline and the admission permit); never touches
 //! libtorch itself and knows no wire format.
@@ -11,7 +12,7 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use crate::batch::Job;
+use crate::batch::{Job, JobOutput, Payload};
 use crate::boundary::{AppState, Call, Handled, Ran};
 use crate::device::Device;
 use crate::error::{Cause, Error, Result};
@@ -46,10 +47,20 @@ fn resolve(state: &AppState, call: &Call, req: &InferRequest) -> Result<(Arc<Mod
 
 async fn run(state: &AppState, call: &Call, spec: &Arc<ModelSpec>, device: Device, inputs: Inputs) -> Result<Answer> {
     let (payload, rows) = validate::payload(spec, inputs, state.registry.text_length(device), state.config.limits)?;
-    let worker = state.registry.get_or_load(spec, device).await?;
-    let (reply, answer) = oneshot::channel();
-    worker.submit(Job { rpc: call.rpc, payload, rows, deadline: call.deadline, enqueued: Instant::now(), reply })?;
-    let out = answer.await.map_err(|_| Error::internal("worker dropped a job without answering"))??;
+    let compute = |payload, rows| submit(state, call, spec, device, payload, rows);
+    let (out, cached_rows, cache) = match (state.cache.enabled_for(spec), call.no_cache) {
+        (true, false) => {
+            let served = state.cache.serve(spec, payload, rows, compute).await?;
+            let how = match served.cached_rows {
+                0 => "miss",
+                n if n == rows => "hit",
+                _ => "partial",
+            };
+            (served.out, served.cached_rows, how)
+        }
+        (true, true) => (compute(payload, rows).await?, 0, "bypass"),
+        (false, _) => (compute(payload, rows).await?, 0, ""),
+    };
     if spec.text.is_some() && out.predictions.len() != rows {
         let cause = Cause::Output(format!(
             "expected {rows} predictions of {} labels, got {}",
@@ -69,5 +80,22 @@ async fn run(state: &AppState, call: &Call, spec: &Arc<ModelSpec>, device: Devic
         compute: out.compute,
         batch_size: out.batch_size,
         total: call.arrived.elapsed(),
+        cached_rows,
+        cache,
     })
+}
+
+/// Loads the model if needed and runs `payload` as one job on its worker.
+async fn submit(
+    state: &AppState,
+    call: &Call,
+    spec: &Arc<ModelSpec>,
+    device: Device,
+    payload: Payload,
+    rows: usize,
+) -> Result<JobOutput> {
+    let worker = state.registry.get_or_load(spec, device).await?;
+    let (reply, answer) = oneshot::channel();
+    worker.submit(Job { rpc: call.rpc, payload, rows, deadline: call.deadline, enqueued: Instant::now(), reply })?;
+    answer.await.map_err(|_| Error::internal("worker dropped a job without answering"))?
 }

@@ -34,6 +34,7 @@ pub mod admission;
 pub mod auth;
 pub mod batch;
 pub mod boundary;
+pub mod cache;
 pub mod catalog;
 pub mod cli;
 pub mod client;

@@ -211,6 +211,11 @@ impl Metrics {
         m
     }
 
+    /// The registry every metric is on (for metrics defined elsewhere, such as the cache's).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

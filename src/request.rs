@@ -141,6 +141,10 @@ pub struct Answer {
     pub batch_size: usize,
     /// From the call's arrival to the answer.
     pub total: Duration,
+    /// Rows (or texts) answered from the response cache.
+    pub cached_rows: usize,
+    /// `hit`, `partial`, `miss` or `bypass` for a model with `[cache]`; empty otherwise.
+    pub cache: &'static str,
 }
 
 impl Answer {

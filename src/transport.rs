@@ -54,6 +54,8 @@ pub struct CallInfo {
     pub request_id: String,
     /// The client's address.
     pub peer: SocketAddr,
+    /// The client sent `cache-control: no-cache`: compute, do not answer from the cache.
+    pub no_cache: bool,
 }
 
 /// A request id for a call that brought none: `tw-<n>`, unique within this process.
@@ -297,7 +299,13 @@ where
             Some(fingerprint) => format!("key:{fingerprint}"),
             None => format!("ip:{}", self.peer.ip()),
         };
-        req.extensions_mut().insert(CallInfo { arrived, deadline, client, request_id, peer: self.peer });
+        let no_cache = req
+            .headers()
+            .get_all("cache-control")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|d| d.trim().eq_ignore_ascii_case("no-cache")));
+        req.extensions_mut().insert(CallInfo { arrived, deadline, client, request_id, peer: self.peer, no_cache });
         let call = self.inner.call(req);
         let config = Arc::clone(&self.config);
         Box::pin(async move {

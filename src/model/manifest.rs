@@ -144,6 +144,28 @@ pub struct ModelSpec {
     pub fp16: bool,
     /// Goldens checked after every load, before the version takes traffic.
     pub self_test: Vec<SelfTest>,
+    /// Opt-in response caching (`[cache]`); `None` = never cached.
+    pub cache: Option<CacheSpec>,
+}
+
+/// How a model's answers may be cached (manifest `[cache]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSpec {
+    /// Also share answers through the Redis tier, when the server has one.
+    #[serde(default = "yes")]
+    pub redis: bool,
+    /// How long Redis keeps an answer, in seconds.
+    #[serde(default = "day")]
+    pub ttl_secs: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn day() -> u64 {
+    86_400
 }
 
 /// How a text model turns text into its inputs.
@@ -196,6 +218,8 @@ struct RawManifest {
     fp16: bool,
     #[serde(default)]
     self_test: Vec<SelfTest>,
+    #[serde(default)]
+    cache: Option<CacheSpec>,
 }
 
 #[derive(Deserialize)]
@@ -339,6 +363,7 @@ pub fn parse_version_spec(
         text,
         fp16: raw.fp16,
         self_test: raw.self_test,
+        cache: raw.cache,
     })
 }
 

@@ -40,6 +40,7 @@ impl Inference for InferenceService {
             }
         })
         .await
+        .map(|r| with_cache_header(r, |p| p.timing.as_ref()))
     }
 
     async fn sentiment(&self, req: Request<proto::SentimentRequest>) -> Reply<proto::SentimentResponse> {
@@ -65,6 +66,7 @@ impl Inference for InferenceService {
             }
         })
         .await
+        .map(|r| with_cache_header(r, |s| s.timing.as_ref()))
     }
 
     async fn stats(&self, req: Request<proto::StatsRequest>) -> Reply<proto::StatsResponse> {
@@ -86,4 +88,15 @@ async fn stats(state: SharedState, model: String) -> Result<proto::StatsResponse
             .map_err(|e| Error::internal(format!("sampler: {e}")))?
     };
     Ok(super::stats::stats_response(&state, (!model.is_empty()).then_some(model.as_str()), sample))
+}
+
+/// Adds `x-torchwire-cache: hit | partial | miss | bypass` for models with a response cache.
+fn with_cache_header<T>(mut r: Response<T>, timing: impl Fn(&T) -> Option<&proto::Timing>) -> Response<T> {
+    let how = timing(r.get_ref()).map(|t| t.cache.clone()).unwrap_or_default();
+    if let Ok(v) = how.parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>()
+        && !how.is_empty()
+    {
+        r.metadata_mut().insert("x-torchwire-cache", v);
+    }
+    r
 }

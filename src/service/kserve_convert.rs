@@ -211,11 +211,22 @@ pub fn infer_response(
         outputs.retain(|t| wanted.iter().any(|o| o.name == t.name));
     }
     let (metas, raws): (Vec<_>, Vec<_>) = outputs.into_iter().map(infer_output).unzip();
+    let mut parameters = std::collections::HashMap::new();
+    if !a.cache.is_empty() {
+        // As Timing.cache and Timing.cached_rows say on the torchwire.v1 door.
+        let string = |s: String| ks::InferParameter {
+            parameter_choice: Some(ks::infer_parameter::ParameterChoice::StringParam(s)),
+        };
+        let int =
+            |n: i64| ks::InferParameter { parameter_choice: Some(ks::infer_parameter::ParameterChoice::Int64Param(n)) };
+        parameters.insert("cache".to_owned(), string(a.cache.to_owned()));
+        parameters.insert("cached_rows".to_owned(), int(i64::try_from(a.cached_rows).unwrap_or(i64::MAX)));
+    }
     Ok(ks::ModelInferResponse {
         model_name: a.spec.name.clone(),
         model_version: a.spec.version.to_string(),
         id,
-        parameters: Default::default(),
+        parameters,
         outputs: metas,
         raw_output_contents: raws,
     })

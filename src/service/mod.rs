@@ -36,6 +36,7 @@ pub fn call<T>(state: &AppState, rpc: &'static str, req: &Request<T>, model: Str
             client: info.client.clone(),
             request_id: info.request_id.clone(),
             admitted,
+            no_cache: info.no_cache,
         },
         // Only when a service is driven without the transport (never in the server).
         None => {
@@ -49,6 +50,7 @@ pub fn call<T>(state: &AppState, rpc: &'static str, req: &Request<T>, model: Str
                 client: "unknown".to_owned(),
                 request_id: crate::transport::new_request_id(),
                 admitted,
+                no_cache: false,
             }
         }
     }

@@ -23,6 +23,30 @@ fn unix_ms(t: SystemTime) -> i64 {
     i64::try_from(t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis()).unwrap_or(i64::MAX)
 }
 
+/// Response-cache figures for every served model with `[cache]`.
+fn cache_stats(state: &AppState) -> Vec<proto::CacheStats> {
+    let m = state.cache.metrics();
+    let view = state.registry.catalog().view();
+    let mut names: Vec<&str> = view.repo.specs().filter(|s| s.cache.is_some()).map(|s| s.name.as_str()).collect();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|model| {
+            let lookups = |r: &str| m.lookups.with_label_values(&[model, r]).get();
+            let kinds = ["timeout", "error", "garbage", "oversized", "skipped", "write_skipped"];
+            proto::CacheStats {
+                model: model.to_owned(),
+                hits: lookups("hit"),
+                redis_hits: lookups("redis_hit"),
+                coalesced: lookups("coalesced"),
+                misses: lookups("miss"),
+                evictions: m.evictions.with_label_values(&[model]).get(),
+                redis_errors: kinds.iter().map(|k| m.redis_errors.with_label_values(&[model, k]).get()).sum(),
+            }
+        })
+        .collect()
+}
+
 /// Per model version figures.
 fn version_stats(snap: &crate::stats::Snapshot) -> Vec<proto::VersionStats> {
     snap.versions
@@ -125,6 +149,11 @@ pub fn stats_response(state: &AppState, model: Option<&str>, now: SystemSample) 
         models,
         devices,
         versions,
+        cache: {
+            state.cache.refresh();
+            cache_stats(state)
+        },
+        cache_bytes: u64::try_from(state.cache.metrics().bytes.get()).unwrap_or(0),
         since_unix_ms: unix_ms(snap.since),
     }
 }

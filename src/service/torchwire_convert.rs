@@ -158,6 +158,8 @@ fn timing(a: &Answer) -> proto::Timing {
         compute_us: micros(a.compute),
         total_us: micros(a.total),
         batch_size: i32::try_from(a.batch_size).unwrap_or(i32::MAX),
+        cached_rows: i32::try_from(a.cached_rows).unwrap_or(i32::MAX),
+        cache: a.cache.to_owned(),
     }
 }
 

@@ -93,7 +93,7 @@ fn check_predictions(e: &Expected, resp: &proto::PredictResponse) {
         }
         assert!(close(p.score, e.probabilities[i][e.label_index[i] as usize]));
     }
-    let t = resp.timing.expect("timing");
+    let t = resp.timing.clone().expect("timing");
     assert_eq!(t.batch_size, 3);
     assert!(t.total_us >= t.compute_us && t.compute_us > 0, "{t:?}");
 }

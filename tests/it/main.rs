@@ -5,6 +5,7 @@
 
 mod abuse;
 mod batching;
+mod cache;
 mod common;
 mod doors;
 mod e2e;
