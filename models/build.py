@@ -163,6 +163,10 @@ notes = {json.dumps(notes)}
 
 [provenance.metrics]
 {metric_lines}
+
+# A row's answer does not depend on its batch-mates: repeated rows may be answered from the
+# server's response cache (--cache-bytes, --cache-redis-url).
+[cache]
 """
 
 

@@ -354,7 +354,7 @@ def build_sentiment_pair(_name: str) -> dict:
         "English sentiment (negative/positive) of reviews and short comments: all-MiniLM-L6-v2 encoder fine-tuned "
         "on IMDB film reviews and airline-customer tweets, mask-aware mean pooling, linear head",
         MAX_LENGTH, DATASET, split, f"{training} {comparison}",
-        {**fp["metrics"], **fp["latency"]},
+        {**fp["metrics"], **fp["latency"]}, cache=True,
     )
     write_text_manifest(
         int8_dir, header,

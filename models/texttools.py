@@ -70,8 +70,19 @@ def encode(tok, texts: Sequence[str]) -> List[List[int]]:
     return [e.ids for e in tok.encode_batch(list(texts))]
 
 
+# The manifest's opt-in to the server's response cache, for models whose answer for a row or
+# text does not depend on its batch-mates (fp32; not the int8 model, whose activations are
+# quantised with one scale per batch).
+CACHE_TABLE = """
+# A text's answer does not depend on its batch-mates: repeated texts may be answered from the
+# server's response cache (--cache-bytes, --cache-redis-url).
+[cache]
+"""
+
+
 def write_text_manifest(out: Path, header: str, description: str, max_length: int,
-                        dataset: str, split: str, notes: str, metrics: Dict[str, float]) -> None:
+                        dataset: str, split: str, notes: str, metrics: Dict[str, float],
+                        cache: bool = False) -> None:
     metric_lines = "\n".join(f"{k} = {v}" for k, v in metrics.items())
     metrics_table = f"\n[provenance.metrics]\n{metric_lines}\n" if metrics else ""
     write_atomic(out / "model.toml",
@@ -99,7 +110,7 @@ max_length = {max_length}
 dataset = {json.dumps(dataset)}
 split = {json.dumps(split)}
 notes = {json.dumps(notes)}
-{metrics_table}"""
+{metrics_table}{CACHE_TABLE if cache else ""}"""
     )
 
 
