@@ -1,4 +1,5 @@
-//! Command line of `torchwire-bench`: one subcommand per tool (`load`, `raw`, `floor`, `chart`),
+//! Command line of `torchwire-bench`: one subcommand per tool (`load`, `raw`, `floor`, `chart`,
+//! and the model-version benchmarks `swap`, `canary`, `poll`),
 //! each tool's flags defined next to it. Parsing only; the tools live in their own modules.
 
 use clap::{Parser, Subcommand};
@@ -6,7 +7,9 @@ use clap::{Parser, Subcommand};
 use crate::chart::ChartArgs;
 use crate::floor::FloorArgs;
 use crate::load::BenchArgs;
+use crate::poll::PollArgs;
 use crate::raw::RawBenchArgs;
+use crate::swap::{CanaryArgs, SwapArgs};
 
 /// torchwire-bench: load generator, gRPC floor, raw forward timing and charts for torchwire.
 #[derive(Debug, Parser)]
@@ -29,6 +32,15 @@ pub enum Command {
     Floor(FloorArgs),
     /// Draw throughput against concurrency from a results file into a PNG.
     Chart(ChartArgs),
+    /// Publish a new model version under closed-loop load and report failed requests and
+    /// latency before, during and after the swap (starts a server over a temp repository copy).
+    Swap(SwapArgs),
+    /// Split a model's default between versions 1 and 2 (a `canary` label) and count which
+    /// version answers requests that each carry their own x-request-id.
+    Canary(CanaryArgs),
+    /// Time rescans (`Repository::scan`) of an unchanged temp repository of many models: CPU
+    /// and wall time per poll.
+    Poll(PollArgs),
 }
 
 #[cfg(test)]
@@ -45,6 +57,26 @@ mod tests {
         assert!(matches!(cli.map(|c| c.command), Ok(Command::Floor(_))));
         let cli = Cli::try_parse_from(["torchwire-bench", "chart", "--results", "r.json", "--out", "r.png"]);
         assert!(matches!(cli.map(|c| c.command), Ok(Command::Chart(_))));
+        let cli = Cli::try_parse_from([
+            "torchwire-bench",
+            "swap",
+            "--workload",
+            "sentiment",
+            "--server-arg=--max-batch-size=1",
+        ]);
+        assert!(
+            matches!(cli.map(|c| c.command), Ok(Command::Swap(a)) if a.concurrency == 16 && a.server.server_args.len() == 1)
+        );
+        let cli = Cli::try_parse_from(["torchwire-bench", "canary", "--requests", "100"]);
+        assert!(
+            matches!(cli.map(|c| c.command), Ok(Command::Canary(a)) if a.requests == 100 && a.canary_percent == 10)
+        );
+        let cli = Cli::try_parse_from(["torchwire-bench", "poll", "--models", "3", "--json"]);
+        assert!(matches!(cli.map(|c| c.command), Ok(Command::Poll(a)) if a.models == 3 && a.json));
+        assert!(
+            Cli::try_parse_from(["torchwire-bench", "swap", "--addr", "127.0.0.1:1"]).is_err(),
+            "--addr needs --repo"
+        );
         assert!(Cli::try_parse_from(["torchwire-bench", "bench"]).is_err());
     }
 }

@@ -10,6 +10,9 @@
 //! torchwire-bench raw    ──▶ raw       a model's forward pass in-process through libtorch
 //! torchwire-bench floor  ──▶ floor     torchwire.v1.Inference with constant answers, no model
 //! torchwire-bench chart  ──▶ chart     a PNG of throughput against concurrency from a results file
+//! torchwire-bench swap   ──▶ swap      publish a new version under load: failures, p99 before / during / after
+//! torchwire-bench canary ──▶ swap      a 90/10 label split: answers per version over many request ids
+//! torchwire-bench poll   ──▶ poll      CPU and wall time of rescanning an unchanged repository
 //! ```
 //!
 //! `benches/suite.py` drives these subcommands against torchwire and its peers.
@@ -19,6 +22,8 @@ pub mod cli;
 pub mod floor;
 pub mod load;
 pub mod peers;
+pub mod poll;
 pub mod raw;
 pub mod report;
+pub mod swap;
 pub mod workload;

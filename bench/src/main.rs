@@ -14,6 +14,16 @@ fn main() -> anyhow::Result<()> {
             torchwire::telemetry::init(LogFormat::Text, "warn", None)?;
             runtime()?.block_on(torchwire_bench::load::run(args))
         }
+        // Blocking by design: the scan runs on this thread, whose CPU time is what is measured.
+        Command::Poll(args) => torchwire_bench::poll::run_poll(&args),
+        Command::Swap(args) => {
+            torchwire::telemetry::init(LogFormat::Text, "warn", None)?;
+            runtime()?.block_on(torchwire_bench::swap::run_swap(args))
+        }
+        Command::Canary(args) => {
+            torchwire::telemetry::init(LogFormat::Text, "warn", None)?;
+            runtime()?.block_on(torchwire_bench::swap::run_canary(args))
+        }
         Command::Floor(args) => {
             torchwire::telemetry::init(LogFormat::Text, "warn", None)?;
             runtime()?.block_on(torchwire_bench::floor::run_floor(args))
