@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 ADDR   ?= 127.0.0.1:50051
 
-.PHONY: setup setup-system models build build-bench run test lint fixtures bench bench-more image rollout clean
+.PHONY: setup setup-system models build build-bench run test lint fixtures bench bench-more bench-versions image rollout clean
 
 # Always runs: the script itself is idempotent (a stamp file) and refreshes the fixture
 # tokenizer copy in a few milliseconds.
@@ -64,6 +64,16 @@ bench-more: models build build-bench
 	bash benches/batching.sh 5
 	bash benches/lifecycle.sh
 	bash benches/kserve.sh 10000
+
+# Model versions (issue #16; see BENCHMARKS.md, "Model versions"): a swap to a new version
+# under 16 closed-loop clients on heart_disease and on sentiment (each against a server the
+# bench starts over a temp copy of models/), a 90/10 canary split over 10,000 requests, and the
+# CPU cost of rescanning an unchanged repository of 100 models. About 2 minutes.
+bench-versions: models build build-bench
+	./target/release/torchwire-bench swap --workload tabular
+	./target/release/torchwire-bench swap --workload sentiment
+	./target/release/torchwire-bench canary
+	./target/release/torchwire-bench poll
 
 # The container image, built and run for real without a Docker engine (issue #18; see
 # deploy/README.md): debootstraps the base, builds deploy/docker/Dockerfile's `prebuilt` target
