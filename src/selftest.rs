@@ -15,16 +15,25 @@ use crate::validate::{Limits, payload};
 const LIMITS: Limits =
     Limits { max_tensor_elements: usize::MAX, max_rows: usize::MAX, max_texts: usize::MAX, max_text_bytes: usize::MAX };
 
+/// The tolerance floor where a model runs in fp16 (a GPU with `fp16 = true`): goldens are
+/// recorded in fp32, and half precision keeps about three significant digits.
+pub const FP16_TOLERANCE: f64 = 1e-2;
+
 /// Runs every self-test of `spec` with `run` (the worker's tokenise-and-forward); `Ok` when
-/// all reproduce, else the first mismatch, named.
-pub fn check(spec: &ModelSpec, mut run: impl FnMut(Payload) -> Result<Vec<HostTensor>, Cause>) -> Result<(), Cause> {
+/// all reproduce, else the first mismatch, named. `half`: the model runs in fp16.
+pub fn check(
+    spec: &ModelSpec,
+    half: bool,
+    mut run: impl FnMut(Payload) -> Result<Vec<HostTensor>, Cause>,
+) -> Result<(), Cause> {
     for (i, test) in spec.self_test.iter().enumerate() {
         let (p, _) = payload(spec, inputs(spec, test), usize::MAX, LIMITS)
             .map_err(|e| Cause::SelfTest(format!("self_test[{i}] inputs: {e}")))?;
         let outputs = run(p)?;
         let first =
             outputs.first().ok_or_else(|| Cause::SelfTest(format!("self_test[{i}]: the model returned nothing")))?;
-        compare(i, test, &first.to_f32())?;
+        let tolerance = if half { test.tolerance.max(FP16_TOLERANCE) } else { test.tolerance };
+        compare(i, test, tolerance, &first.to_f32())?;
     }
     if !spec.self_test.is_empty() {
         tracing::info!(model = %spec.name, version = spec.version, checks = spec.self_test.len(), "self-test passed");
@@ -48,7 +57,7 @@ fn inputs(spec: &ModelSpec, test: &SelfTest) -> Inputs {
     )
 }
 
-fn compare(i: usize, test: &SelfTest, got: &[f32]) -> Result<(), Cause> {
+fn compare(i: usize, test: &SelfTest, tolerance: f64, got: &[f32]) -> Result<(), Cause> {
     let want: Vec<f64> = test.expected.iter().flatten().copied().collect();
     if got.len() != want.len() {
         return Err(Cause::SelfTest(format!(
@@ -61,10 +70,10 @@ fn compare(i: usize, test: &SelfTest, got: &[f32]) -> Result<(), Cause> {
         got.iter().zip(&want).map(|(g, w)| (f64::from(*g) - w).abs()).enumerate().fold((0, 0.0_f64), |acc, (j, d)| {
             if d.is_nan() || d > acc.1 { (j, if d.is_nan() { f64::INFINITY } else { d }) } else { acc }
         });
-    if worst.1 > test.tolerance {
+    if worst.1 > tolerance {
         return Err(Cause::SelfTest(format!(
             "self_test[{i}]: output {} is {} where the golden is {} (off by {:.3e}, tolerance {:.1e})",
-            worst.0, got[worst.0], want[worst.0], worst.1, test.tolerance
+            worst.0, got[worst.0], want[worst.0], worst.1, tolerance
         )));
     }
     Ok(())
@@ -92,11 +101,13 @@ mod tests {
 
     #[test]
     fn goldens_must_reproduce_within_the_tolerance() {
-        check(&spec("[3.0, -1.0]"), sum_and_difference).unwrap();
-        check(&spec("[3.005, -1.0]"), sum_and_difference).unwrap();
-        let err = check(&spec("[3.0, -1.5]"), sum_and_difference).unwrap_err();
+        check(&spec("[3.0, -1.0]"), false, sum_and_difference).unwrap();
+        check(&spec("[3.005, -1.0]"), false, sum_and_difference).unwrap();
+        let err = check(&spec("[3.0, -1.5]"), false, sum_and_difference).unwrap_err();
         assert!(err.to_string().contains("output 1 is -1 where the golden is -1.5"), "{err}");
-        let err = check(&spec("[3.0]"), sum_and_difference).unwrap_err();
+        assert!(check(&spec("[3.0, -1.02]"), false, sum_and_difference).is_err());
+        check(&spec("[3.0, -1.008]"), true, sum_and_difference).expect("fp16 gets a wider tolerance");
+        let err = check(&spec("[3.0]"), false, sum_and_difference).unwrap_err();
         assert!(err.to_string().contains("has 2 values, the golden 1"), "{err}");
     }
 }

@@ -210,7 +210,10 @@ fn load(
     let mut backend = factory.load(spec, device, threads)?;
     let mut encoder = spec.text.as_ref().map(|t| TextEncoder::load(&t.tokenizer)).transpose()?;
     warm_up(spec, backend.as_mut(), encoder.as_mut(), warmup_runs)?;
-    crate::selftest::check(spec, |p| run_payload(spec, backend.as_mut(), encoder.as_mut(), p).map(|(out, _)| out))?;
+    let half = device != Device::Cpu && spec.fp16;
+    crate::selftest::check(spec, half, |p| {
+        run_payload(spec, backend.as_mut(), encoder.as_mut(), p).map(|(out, _)| out)
+    })?;
     Ok((backend, encoder))
 }
 
