@@ -14,6 +14,10 @@
 //! by `Admin.ReloadRepository {wait: false}`; during `[P, F + settle)`, `F` being the arrival of
 //! the first answer from the new version; after `[F + settle, F + settle + after)`. Every
 //! request of every window (warm-up included) that ends in anything but OK is a failure.
+//!
+//! Every request sends `cache-control: no-cache`: the bodies repeat, and a server with a
+//! response cache would otherwise answer them without the model (the server started here has
+//! none: `--cache-bytes` defaults to 0).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -362,28 +366,14 @@ impl Body {
     async fn send(&self, client: &mut InferenceClient<Channel>, timeout: Duration, request_id: Option<&str>) -> Answer {
         let id = request_id.and_then(|id| id.parse::<tonic::metadata::MetadataValue<_>>().ok());
         let answer = match self {
-            Body::Predict(b) => {
-                let mut req = tonic::Request::new(b.clone());
-                req.set_timeout(timeout);
-                if let Some(id) = id {
-                    req.metadata_mut().insert("x-request-id", id);
-                }
-                client.predict(req).await.map(|r| {
-                    let r = r.into_inner();
-                    (r.version, !r.outputs.is_empty())
-                })
-            }
-            Body::Sentiment(b) => {
-                let mut req = tonic::Request::new(b.clone());
-                req.set_timeout(timeout);
-                if let Some(id) = id {
-                    req.metadata_mut().insert("x-request-id", id);
-                }
-                client.sentiment(req).await.map(|r| {
-                    let r = r.into_inner();
-                    (r.version, !r.results.is_empty())
-                })
-            }
+            Body::Predict(b) => client.predict(request(b.clone(), timeout, id)).await.map(|r| {
+                let r = r.into_inner();
+                (r.version, !r.outputs.is_empty())
+            }),
+            Body::Sentiment(b) => client.sentiment(request(b.clone(), timeout, id)).await.map(|r| {
+                let r = r.into_inner();
+                (r.version, !r.results.is_empty())
+            }),
         };
         match answer {
             Ok((version, true)) => Ok(version),
@@ -391,6 +381,23 @@ impl Body {
             Err(status) => Err(format!("{:?}", status.code())),
         }
     }
+}
+
+/// A request with its deadline, its id when given, and `cache-control: no-cache`: every request
+/// runs a forward pass on the version that answers, even on a server with a response cache
+/// (`--cache-bytes`) for a model whose manifest has `[cache]`, since the bodies repeat.
+fn request<T>(
+    body: T,
+    timeout: Duration,
+    id: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(body);
+    req.set_timeout(timeout);
+    req.metadata_mut().insert("cache-control", tonic::metadata::MetadataValue::from_static("no-cache"));
+    if let Some(id) = id {
+        req.metadata_mut().insert("x-request-id", id);
+    }
+    req
 }
 
 // ---------------------------------------------------------------------------------------------
