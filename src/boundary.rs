@@ -111,7 +111,7 @@ impl AppState {
     /// State over a registry.
     pub fn new(registry: Arc<ModelRegistry>, config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
         let admission = Admission::new(config.admission);
-        let cache = crate::cache::ResponseCache::new(&config.cache, metrics.registry());
+        let cache = crate::cache::ResponseCache::new(&config.cache, &metrics);
         AppState {
             registry,
             config,

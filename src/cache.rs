@@ -20,11 +20,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts};
 use tokio::sync::watch;
 
 use crate::batch::{JobOutput, Payload, merge, split};
 use crate::error::{Error, Result};
+pub use crate::metrics::CacheMetrics;
 use crate::model::{HostTensor, ModelSpec, Prediction};
 use crate::tokenize::TextInfo;
 
@@ -43,61 +43,6 @@ impl RowAnswer {
     fn bytes(&self) -> usize {
         64 + self.outputs.iter().map(|t| t.data.len() + t.name.len() + 8 * t.shape.len()).sum::<usize>()
             + self.prediction.as_ref().map_or(0, |p| 8 + 4 * p.probabilities.len())
-    }
-}
-
-/// The cache's Prometheus metrics.
-pub struct CacheMetrics {
-    /// Rows looked up, by model and result (`hit`, `redis_hit`, `coalesced`, `miss`).
-    pub lookups: IntCounterVec,
-    /// Rows evicted from the in-process tier, by model.
-    pub evictions: IntCounterVec,
-    /// Bytes the in-process tier holds.
-    pub bytes: IntGauge,
-    /// Redis calls that did not help, by model and kind (`timeout`, `error`, `garbage`,
-    /// `oversized`, `skipped`, `write_skipped`).
-    pub redis_errors: IntCounterVec,
-    /// Redis call latency by operation (`get`, `set`).
-    pub redis_duration: HistogramVec,
-}
-
-impl CacheMetrics {
-    fn new(registry: &prometheus::Registry) -> Self {
-        let counter = |n: &str, h: &str, l: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(n, h), l).expect("constant metric definition; this is a bug");
-            registry.register(Box::new(c.clone())).expect("registered once; this is a bug");
-            c
-        };
-        let bytes = IntGauge::new("torchwire_cache_bytes", "Bytes the in-process response cache holds.")
-            .expect("constant metric definition; this is a bug");
-        registry.register(Box::new(bytes.clone())).expect("registered once; this is a bug");
-        let buckets = prometheus::exponential_buckets(5e-5, 2.0, 16).expect("constant buckets; this is a bug");
-        let redis_duration = HistogramVec::new(
-            HistogramOpts::new("torchwire_cache_redis_duration_seconds", "Redis cache tier call latency.")
-                .buckets(buckets),
-            &["op"],
-        )
-        .expect("constant metric definition; this is a bug");
-        registry.register(Box::new(redis_duration.clone())).expect("registered once; this is a bug");
-        CacheMetrics {
-            lookups: counter(
-                "torchwire_cache_lookups_total",
-                "Rows and texts looked up in the response cache, by result (hit, redis_hit, coalesced, miss).",
-                &["model", "result"],
-            ),
-            evictions: counter(
-                "torchwire_cache_evictions_total",
-                "Rows evicted from the in-process response cache.",
-                &["model"],
-            ),
-            bytes,
-            redis_errors: counter(
-                "torchwire_cache_redis_errors_total",
-                "Redis cache tier calls that fell through to compute, by kind.",
-                &["model", "kind"],
-            ),
-            redis_duration,
-        }
     }
 }
 
@@ -136,10 +81,10 @@ pub struct Served {
 }
 
 impl ResponseCache {
-    /// A cache per `config`, its metrics registered on `registry`. A Redis URL that does not
+    /// A cache per `config`, its metrics registered beside the server's. A Redis URL that does not
     /// parse is logged and ignored (the server serves without the shared tier).
-    pub fn new(config: &CacheConfig, registry: &prometheus::Registry) -> Self {
-        let metrics = Arc::new(CacheMetrics::new(registry));
+    pub fn new(config: &CacheConfig, metrics: &crate::metrics::Metrics) -> Self {
+        let metrics = Arc::new(metrics.cache_metrics());
         let local = (config.bytes > 0).then(|| {
             let m = Arc::clone(&metrics);
             moka::sync::Cache::builder()

@@ -76,6 +76,63 @@ impl Metrics {
     }
 }
 
+/// The cache's Prometheus metrics.
+pub struct CacheMetrics {
+    /// Rows looked up, by model and result (`hit`, `redis_hit`, `coalesced`, `miss`).
+    pub lookups: IntCounterVec,
+    /// Rows evicted from the in-process tier, by model.
+    pub evictions: IntCounterVec,
+    /// Bytes the in-process tier holds.
+    pub bytes: IntGauge,
+    /// Redis calls that did not help, by model and kind (`timeout`, `error`, `garbage`,
+    /// `oversized`, `skipped`, `write_skipped`).
+    pub redis_errors: IntCounterVec,
+    /// Redis call latency by operation (`get`, `set`).
+    pub redis_duration: HistogramVec,
+}
+
+impl Metrics {
+    /// The response cache's metrics, registered on this registry (called once, by the cache).
+    pub fn cache_metrics(&self) -> CacheMetrics {
+        let registry = &self.registry;
+        let counter = |n: &str, h: &str, l: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(n, h), l).expect("constant metric definition; this is a bug");
+            registry.register(Box::new(c.clone())).expect("registered once; this is a bug");
+            c
+        };
+        let bytes = IntGauge::new("torchwire_cache_bytes", "Bytes the in-process response cache holds.")
+            .expect("constant metric definition; this is a bug");
+        registry.register(Box::new(bytes.clone())).expect("registered once; this is a bug");
+        let buckets = prometheus::exponential_buckets(5e-5, 2.0, 16).expect("constant buckets; this is a bug");
+        let redis_duration = HistogramVec::new(
+            prometheus::HistogramOpts::new("torchwire_cache_redis_duration_seconds", "Redis cache tier call latency.")
+                .buckets(buckets),
+            &["op"],
+        )
+        .expect("constant metric definition; this is a bug");
+        registry.register(Box::new(redis_duration.clone())).expect("registered once; this is a bug");
+        CacheMetrics {
+            lookups: counter(
+                "torchwire_cache_lookups_total",
+                "Rows and texts looked up in the response cache, by result (hit, redis_hit, coalesced, miss).",
+                &["model", "result"],
+            ),
+            evictions: counter(
+                "torchwire_cache_evictions_total",
+                "Rows evicted from the in-process response cache.",
+                &["model"],
+            ),
+            bytes,
+            redis_errors: counter(
+                "torchwire_cache_redis_errors_total",
+                "Redis cache tier calls that fell through to compute, by kind.",
+                &["model", "kind"],
+            ),
+            redis_duration,
+        }
+    }
+}
+
 fn buckets(start: f64, factor: f64, count: usize) -> Vec<f64> {
     exponential_buckets(start, factor, count).expect("constant bucket parameters are valid; this is a bug")
 }
@@ -209,11 +266,6 @@ impl Metrics {
             }
         }
         m
-    }
-
-    /// The registry every metric is on (for metrics defined elsewhere, such as the cache's).
-    pub fn registry(&self) -> &Registry {
-        &self.registry
     }
 
     /// The Prometheus text exposition of every metric.
