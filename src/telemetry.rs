@@ -28,7 +28,10 @@ pub fn init(format: LogFormat, level: &str, file: Option<&Path>) -> anyhow::Resu
         || Box::new(std::io::sink()) as Box<dyn std::io::Write + Send>,
         |f| Box::new(f) as Box<dyn std::io::Write + Send>,
     )));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(!has_file);
+    // Colours only for a person at a terminal: never into a file or a pipe (log collectors,
+    // `2> server.log`).
+    let ansi = !has_file && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.with_target(false).init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
