@@ -379,3 +379,31 @@ async fn the_repository_is_polled_when_asked_to() {
     }
     server.stop().await.unwrap();
 }
+
+/// Every bundled model (built by `make models`, as `make test` does) loads and passes the
+/// self-test its build recorded, so a golden that cannot reproduce is caught here rather than
+/// by the first request in production.
+#[tokio::test]
+async fn every_bundled_model_passes_its_self_test() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models");
+    let names = ["breast_cancer", "diabetes", "heart_disease", "sentiment", "sentiment-int8"];
+    for n in names {
+        assert!(
+            dir.join(n).join("1/version.toml").exists(),
+            "models/{n} is not built: run `make models` (make test does)"
+        );
+    }
+    let config = Config { max_loaded_models: names.len(), ..Config::for_tests(&dir) };
+    let server = TestServer::start(config).await;
+    for n in names {
+        let req = torchwire::proto::LoadModelRequest { model: n.into(), device: "cpu".into(), pin: false };
+        let info = server.admin().load_model(req).await.unwrap_or_else(|s| panic!("{n}: {}", s.message())).into_inner();
+        let v = info.versions.iter().find(|v| v.labels.iter().any(|l| l == "default")).unwrap();
+        assert!(v.self_tests > 0, "{n} has self-test goldens");
+        assert!(
+            v.devices.iter().any(|d| d.device == "cpu" && d.state == torchwire::proto::ModelState::Ready as i32),
+            "{n}: {v:?}"
+        );
+    }
+    server.stop().await.unwrap();
+}
