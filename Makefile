@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 ADDR   ?= 127.0.0.1:50051
 
-.PHONY: setup setup-system models build build-bench run test lint fixtures bench bench-more bench-versions image rollout clean
+.PHONY: setup setup-system models build build-bench run test lint fixtures bench bench-more bench-versions bench-cache image rollout clean
 
 # Always runs: the script itself is idempotent (a stamp file) and refreshes the fixture
 # tokenizer copy in a few milliseconds.
@@ -74,6 +74,14 @@ bench-versions: models build build-bench
 	./target/release/torchwire-bench swap --workload sentiment
 	./target/release/torchwire-bench canary
 	./target/release/torchwire-bench poll
+
+# The response cache (issue #19; see BENCHMARKS.md, "Response cache"): Sentiment at 16 clients,
+# cache off against cache on in 5 interleaved pairs of fresh servers (core 0; load and Redis on
+# core 1): Zipf texts (60 s windows), texts never repeated, and a replica answering from a Redis
+# that a first server filled. About 20 minutes.
+bench-cache: models build build-bench
+	taskset -c 1 ./target/release/torchwire-bench cache --scenarios zipf --duration 60 --tail 20
+	taskset -c 1 ./target/release/torchwire-bench cache --scenarios distinct,redis --duration 20 --tail 10
 
 # The container image, built and run for real without a Docker engine (issue #18; see
 # deploy/README.md): debootstraps the base, builds deploy/docker/Dockerfile's `prebuilt` target

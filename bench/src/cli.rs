@@ -1,9 +1,10 @@
 //! Command line of `torchwire-bench`: one subcommand per tool (`load`, `raw`, `floor`, `chart`,
-//! and the model-version benchmarks `swap`, `canary`, `poll`),
+//! the model-version benchmarks `swap`, `canary`, `poll`, and the response cache's `cache`),
 //! each tool's flags defined next to it. Parsing only; the tools live in their own modules.
 
 use clap::{Parser, Subcommand};
 
+use crate::cache::CacheArgs;
 use crate::chart::ChartArgs;
 use crate::floor::FloorArgs;
 use crate::load::BenchArgs;
@@ -41,6 +42,9 @@ pub enum Command {
     /// Time rescans (`Repository::scan`) of an unchanged temp repository of many models: CPU
     /// and wall time per poll.
     Poll(PollArgs),
+    /// The response cache's targets: interleaved pairs (cache off, cache on) of fresh servers
+    /// under a Zipf workload, a workload with no repeats, and a replica answering from Redis.
+    Cache(CacheArgs),
 }
 
 #[cfg(test)]
@@ -73,6 +77,8 @@ mod tests {
         );
         let cli = Cli::try_parse_from(["torchwire-bench", "poll", "--models", "3", "--json"]);
         assert!(matches!(cli.map(|c| c.command), Ok(Command::Poll(a)) if a.models == 3 && a.json));
+        let cli = Cli::try_parse_from(["torchwire-bench", "cache", "--scenarios", "zipf,redis", "--pairs", "7"]);
+        assert!(matches!(cli.map(|c| c.command), Ok(Command::Cache(a)) if a.pairs == 7 && a.scenarios.len() == 2));
         assert!(
             Cli::try_parse_from(["torchwire-bench", "swap", "--addr", "127.0.0.1:1"]).is_err(),
             "--addr needs --repo"

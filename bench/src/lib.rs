@@ -13,10 +13,12 @@
 //! torchwire-bench swap   ──▶ swap      publish a new version under load: failures, p99 before / during / after
 //! torchwire-bench canary ──▶ swap      a 90/10 label split: answers per version over many request ids
 //! torchwire-bench poll   ──▶ poll      CPU and wall time of rescanning an unchanged repository
+//! torchwire-bench cache  ──▶ cache     response cache off / on in interleaved pairs of fresh servers
 //! ```
 //!
 //! `benches/suite.py` drives these subcommands against torchwire and its peers.
 
+pub mod cache;
 pub mod chart;
 pub mod cli;
 pub mod floor;

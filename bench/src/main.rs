@@ -24,6 +24,10 @@ fn main() -> anyhow::Result<()> {
             torchwire::telemetry::init(LogFormat::Text, "warn", None)?;
             runtime()?.block_on(torchwire_bench::swap::run_canary(args))
         }
+        Command::Cache(args) => {
+            torchwire::telemetry::init(LogFormat::Text, "warn", None)?;
+            runtime()?.block_on(torchwire_bench::cache::run(args))
+        }
         Command::Floor(args) => {
             torchwire::telemetry::init(LogFormat::Text, "warn", None)?;
             runtime()?.block_on(torchwire_bench::floor::run_floor(args))
