@@ -52,6 +52,8 @@ pub struct Metrics {
     pub tokens: IntCounterVec,
     /// Texts cut to the max length.
     pub truncated_texts: IntCounterVec,
+    /// Fast-path models moved back to their worker thread because their passes turned slow.
+    pub inline_demotions: IntCounterVec,
     /// Constant 1, labelled with the version and libtorch version.
     pub build_info: IntGaugeVec,
     /// When the process started, for rates in dashboards.
@@ -158,6 +160,11 @@ impl Metrics {
                 "torchwire_truncated_texts_total",
                 "Texts cut to the max length.",
                 &["model"]
+            )),
+            inline_demotions: reg!(counter(
+                "torchwire_inline_demotions_total",
+                "Fast-path models moved back to their worker thread (passes turned slow).",
+                &["model", "device"]
             )),
             build_info: reg!(gauge("torchwire_build_info", "Build information; always 1.", &["version", "libtorch"])),
             start_time: reg!(IntGauge::new("torchwire_start_time_seconds", "Unix time the server started.")),

@@ -1,11 +1,12 @@
 //! A fake backend for tests of the machinery around models (registry, workers, deadlines,
 //! overload, shutdown) without libtorch. Its forward pass sums each row's features into two
-//! logits `[-sum, sum]`, optionally after sleeping, and counts its loads; an input of 666
+//! logits `[-sum, sum]`, optionally after sleeping (a delay a test may raise while it serves,
+//! to slow a fast-path model down), and counts its loads; an input of 666
 //! makes it panic, as a broken native op would, and 668 makes it raise [`WorkerFault`], as a
 //! poisoned CUDA context would (the worker stops and the model is reloaded).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::{Backend, BackendFactory, DType, HostTensor, ModelSpec, WorkerFault};
@@ -21,6 +22,9 @@ pub struct FakeFactory {
     pub load_delay: Duration,
     /// How long each forward pass takes.
     pub forward_delay: Duration,
+    /// Microseconds added to every forward pass of every backend of this factory, from the
+    /// moment a test sets it (a model that turns slow while it serves).
+    pub extra_delay_us: Arc<AtomicU64>,
     /// Rows every backend of this factory has run, shared with the test.
     pub rows_seen: Arc<AtomicUsize>,
     /// Forward passes every backend of this factory has run.
@@ -33,6 +37,7 @@ pub struct FakeFactory {
 #[derive(Debug)]
 pub struct FakeBackend {
     forward_delay: Duration,
+    extra_delay_us: Arc<AtomicU64>,
     rows_seen: Arc<AtomicUsize>,
     forwards: Arc<AtomicUsize>,
 }
@@ -45,6 +50,7 @@ impl BackendFactory for FakeFactory {
         assert!(!self.panic_on_load, "fake backend asked to panic while loading");
         Ok(Box::new(FakeBackend {
             forward_delay: self.forward_delay,
+            extra_delay_us: Arc::clone(&self.extra_delay_us),
             rows_seen: Arc::clone(&self.rows_seen),
             forwards: Arc::clone(&self.forwards),
         }))
@@ -53,7 +59,10 @@ impl BackendFactory for FakeFactory {
 
 impl Backend for FakeBackend {
     fn forward(&mut self, inputs: Vec<HostTensor>) -> Result<Vec<HostTensor>, Cause> {
-        std::thread::sleep(self.forward_delay);
+        let delay = self.forward_delay + Duration::from_micros(self.extra_delay_us.load(Ordering::Relaxed));
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
         let x = inputs.first().ok_or_else(|| Cause::Output("no input".into()))?;
         if x.dtype != DType::F32 || x.shape.len() != 2 {
             return Err(Cause::Output("fake backend takes one float32 [batch, n] input".into()));

@@ -115,6 +115,8 @@ pub struct ModelSpec {
     pub text: Option<TextSpec>,
     /// Whether the model may run in fp16 on a GPU (the CPU always runs fp32).
     pub fp16: bool,
+    /// `[batching] inline_max_us`: this model's fast-path threshold, over the server's.
+    pub inline_max_us: Option<u64>,
 }
 
 /// How a text model turns text into its inputs.
@@ -191,6 +193,8 @@ struct RawBatching {
     max_batch_size: Option<usize>,
     #[serde(default)]
     max_queue_delay_ms: u64,
+    #[serde(default)]
+    inline_max_us: Option<u64>,
 }
 
 /// Checks a model name before it is used for anything.
@@ -288,6 +292,7 @@ pub fn parse_manifest(name: &str, dir: &Path, text: &str) -> Result<ModelSpec, M
         pin: raw.pin,
         text,
         fp16: raw.fp16,
+        inline_max_us: raw.batching.inline_max_us,
     })
 }
 

@@ -8,6 +8,7 @@ mod batching;
 mod common;
 mod doors;
 mod e2e;
+mod executors;
 mod faults;
 mod grpc;
 mod lifecycle;
