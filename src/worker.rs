@@ -244,15 +244,16 @@ fn load(
     let backend = factory.load(spec, device, threads)?;
     let encoder = spec.text.as_ref().map(|t| TextEncoder::load(&t.tokenizer)).transpose()?;
     let mut engine = Engine { backend, encoder };
-    let warm = warm_up(spec, &mut engine, warmup_runs)?;
-    let fast = match (inline.choice, warm) {
-        (ExecutorChoice::Worker, _) => None,
-        (ExecutorChoice::Inline, _) => Some(None),
-        // Only a model warmed up (TorchScript's first passes are slow) is timed, and not one
-        // whose one-row warm-up pass was already over the threshold.
-        (ExecutorChoice::Measured, None) => None,
-        (ExecutorChoice::Measured, Some(one_row)) if inline.threshold.is_zero() || one_row > inline.threshold => None,
-        (ExecutorChoice::Measured, Some(_)) => {
+    warm_up(spec, &mut engine, warmup_runs)?;
+    let fast = match inline.choice {
+        ExecutorChoice::Worker => None,
+        ExecutorChoice::Inline => Some(None),
+        // Only a model warmed up (TorchScript's first passes profile and optimise the graph) is
+        // timed; one more one-row pass far over the threshold rules it out at once, so a
+        // model of milliseconds pays one pass, not the timed ones.
+        ExecutorChoice::Measured if inline.threshold.is_zero() || warmup_runs == 0 => None,
+        ExecutorChoice::Measured if warm_up(spec, &mut engine, 1)?.is_none_or(|d| d > inline.threshold * 10) => None,
+        ExecutorChoice::Measured => {
             let p99 = timed_p99(spec, &mut engine, max_rows, inline.threshold)?;
             let executor = if p99.is_some() { "inline" } else { "worker" };
             tracing::info!(
