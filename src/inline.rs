@@ -8,15 +8,15 @@
 //! path) and wait for their answers, which a drain task runs as one batch right after, one pass
 //! per poll so the runtime thread is never held for more than one pass. Each pass runs with
 //! grad mode off and panics caught (`pass.rs`, shared with the worker). A model whose passes
-//! turn slow (the p99 of a window over twice the threshold) is moved back to its worker thread
-//! for good, logged and counted. Owned by a [`crate::worker::WorkerHandle`]; never loads a
+//! turn slow (the p99 of a window of passes, in CPU time of the thread, over twice the
+//! threshold) is moved back to its worker thread for good, logged and counted. Owned by a [`crate::worker::WorkerHandle`]; never loads a
 //! model and never waits for one.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus::IntCounter;
 
@@ -43,6 +43,13 @@ pub struct InlinePolicy {
     pub threshold: Duration,
     /// Measured, or forced one way.
     pub choice: ExecutorChoice,
+}
+
+/// CPU time of the calling thread: what a pass costs, whatever else the host runs (wall time
+/// would count a pass preempted on a busy core as a slow model).
+pub fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(u64::try_from(t.tv_sec).unwrap_or(0), u32::try_from(t.tv_nsec).unwrap_or(0))
 }
 
 /// Passes per window over which a fast-path model's p99 is judged.
@@ -203,9 +210,9 @@ impl InlineExec {
             let mut engine = self.engine.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             // Grad mode is per thread and this is a runtime thread: set for this pass only.
             let _no_grad = tch::no_grad_guard();
-            let started = Instant::now();
+            let started = thread_cpu();
             let ran = run_batch(&self.ctx, &mut engine, batch, rows);
-            let took = started.elapsed();
+            let took = thread_cpu().saturating_sub(started);
             drop(engine);
             if let Err(fault) = ran {
                 self.fail_queued(&fault);
@@ -291,6 +298,7 @@ mod tests {
     use crate::model::{BackendFactory, HostTensor};
     use crate::worker::WorkerCounters;
     use std::sync::mpsc::{Receiver, sync_channel};
+    use std::time::Instant;
     use tokio::sync::oneshot;
 
     struct Rig {
@@ -386,8 +394,9 @@ mod tests {
             assert_eq!(answer.blocking_recv().unwrap().unwrap().outputs[0].to_f32(), vec![-2.0, 2.0]);
         }
 
-        // Passes of 2 ms against a limit of 100 us: the third slow pass moves the model.
-        let slow = FakeFactory { forward_delay: Duration::from_millis(2), ..FakeFactory::default() };
+        // Passes of 2 ms of computing against a limit of 100 us: the third moves the model.
+        let slow = FakeFactory::default();
+        slow.extra_delay_us.store(2_000, Ordering::SeqCst);
         let slow_rig = self::rig(slow, 8, Some(Duration::from_micros(100)));
         let rig = slow_rig;
         for v in 0..3 {

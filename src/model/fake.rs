@@ -22,8 +22,9 @@ pub struct FakeFactory {
     pub load_delay: Duration,
     /// How long each forward pass takes.
     pub forward_delay: Duration,
-    /// Microseconds added to every forward pass of every backend of this factory, from the
-    /// moment a test sets it (a model that turns slow while it serves).
+    /// Microseconds of busy computing added to every forward pass of every backend of this
+    /// factory, from the moment a test sets it (a model that turns slow while it serves: it
+    /// spends CPU time, unlike `forward_delay`, which sleeps).
     pub extra_delay_us: Arc<AtomicU64>,
     /// Rows every backend of this factory has run, shared with the test.
     pub rows_seen: Arc<AtomicUsize>,
@@ -59,9 +60,14 @@ impl BackendFactory for FakeFactory {
 
 impl Backend for FakeBackend {
     fn forward(&mut self, inputs: Vec<HostTensor>) -> Result<Vec<HostTensor>, Cause> {
-        let delay = self.forward_delay + Duration::from_micros(self.extra_delay_us.load(Ordering::Relaxed));
-        if !delay.is_zero() {
-            std::thread::sleep(delay);
+        if !self.forward_delay.is_zero() {
+            std::thread::sleep(self.forward_delay);
+        }
+        // Computes until this thread has spent `busy` of CPU time, however busy the host is.
+        let busy = Duration::from_micros(self.extra_delay_us.load(Ordering::Relaxed));
+        let started = crate::inline::thread_cpu();
+        while crate::inline::thread_cpu().saturating_sub(started) < busy {
+            std::hint::spin_loop();
         }
         let x = inputs.first().ok_or_else(|| Cause::Output("no input".into()))?;
         if x.dtype != DType::F32 || x.shape.len() != 2 {
