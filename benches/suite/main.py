@@ -21,7 +21,7 @@ from .plan import CLIENT_CPU, GROUPS, PEERS, SCENARIOS, SERVER_SCENARIOS, TAB_MO
 def estimate_s(ctx: Context) -> float:
     points = sum(1 for g in GROUPS if g in ctx.only and g in SERVER_SCENARIOS
                  for sc in SCENARIOS if sc.group in SERVER_SCENARIOS[g] and ctx.selected(sc))
-    pairs = 45 * (2 if ctx.args.quick else max(5, ctx.args.pairs or 5)) * ("pairs" in ctx.only)
+    pairs = 60 * (2 if ctx.args.quick else max(5, ctx.args.pairs or 5)) * ("pairs" in ctx.only)
     return points * ctx.reps * (ctx.duration + ctx.warmup + 0.4) + 40 * ("raw" in ctx.only) + 120 + pairs
 
 

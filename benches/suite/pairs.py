@@ -44,7 +44,7 @@ def ratio_summary(values: list[float]) -> dict | None:
 class Pairs:
     def __init__(self, ctx: Context):
         self.ctx = ctx
-        self.secs = 1.0 if ctx.args.quick else 2.0
+        self.secs = 1.0 if ctx.args.quick else 1.5
         self.rounds = 2 if ctx.args.quick else max(5, ctx.args.pairs or 5)
         self.ports: dict[str, int] = {}
         self.procs: list = []
@@ -167,7 +167,7 @@ class Pairs:
             rec["load_sent_c1_torchwire"] = self.load("torchwire", "sentiment", 1)
             if py:
                 rec["load_sent_c1_python"] = self.load("python", "sentiment", 1)
-            rec["raw_sent_b16"] = self.raw(TEXT_MODEL, 16, 6)
+            rec["raw_sent_b16"] = self.raw(TEXT_MODEL, 16, 10)
             rec["load_sent_c16_torchwire"] = self.load("torchwire", "sentiment", 16)
             runs.append(rec)
             self.ctx.log(f"pairs round {r + 1}/{self.rounds}: " + ", ".join(

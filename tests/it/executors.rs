@@ -59,6 +59,11 @@ async fn a_fast_path_model_that_turns_slow_moves_back_to_its_worker_and_keeps_an
     let server = TestServer::start_with(config, Arc::new(factory)).await;
     assert_eq!(predict(&server, 1.0).await, vec![-2.0, 2.0]);
     assert_eq!(executor(&server).await, "inline");
+    // The first window of 256 passes after the load is not judged.
+    for _ in 0..256 {
+        predict(&server, 1.0).await;
+    }
+    assert_eq!(executor(&server).await, "inline");
     // Every pass now computes for 20 ms, four times the threshold: more than 1 % of a window
     // over twice the threshold after three passes judged (a runtime thread's first few passes
     // are not judged: libtorch sets itself up on them).
