@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Owns the Debian packages the build and the test suite use: `prometheus` (for promtool and a
 # real Prometheus server in the observability tests), and the DejaVu fonts `torchwire-bench
-# chart` draws its text with (read at run time; no font library is linked).
+# chart` draws its text with (read at run time; no font library is linked), and for `make bench`
+# h2load (`nghttp2-client`, the suite's second load generator) and `perf` (`linux-perf`, CPU per
+# request).
 # Idempotent: installs only what is missing, and does nothing when everything is there. Needs
 # root (CI and the dev machines run as root); otherwise says what to install.
 set -euo pipefail
@@ -9,7 +11,7 @@ missing=()
 if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
   missing+=(prometheus)
 fi
-for pkg in fonts-dejavu-core; do
+for pkg in fonts-dejavu-core nghttp2-client linux-perf; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
     missing+=("$pkg")
   fi

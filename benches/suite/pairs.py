@@ -114,7 +114,7 @@ class Pairs:
         """h2load over `conc` connections, one call in flight each: `n` calls (with `cpu`, `perf stat` on
         the server for exactly those calls), or, for `n` None, for the run's seconds after 0.5 s of
         warm-up."""
-        count = ["-n", str(n)] if n else ["-D", f"{self.secs:g}s", "--warm-up-time", "500ms"]
+        count = ["-n", str(n)] if n else ["-D", f"{int(self.secs * 1000)}ms", "--warm-up-time", "500ms"]
         cmd = self.ctx.taskset(CLIENT_CPU) + [self.h2load, *count, "-c", str(conc), "-m", "1",
                                               "-d", str(self.frames[key]), *GRPC_HEADERS,
                                               f"http://127.0.0.1:{self.ports[key]}{self.paths[key]}"]
