@@ -147,7 +147,7 @@ pub struct ServeArgs {
     /// Fast path: a model whose forward pass of its largest batch, timed at load, stays under
     /// this many microseconds at p99 runs on the calling runtime thread (batched by flat
     /// combining) instead of its worker thread, and moves back if its p99 later exceeds twice
-    /// this; a manifest's `[batching] inline_max_us` overrides it per model; 0 = off for all.
+    /// this in two windows of 256 passes in a row; a manifest's `[batching] inline_max_us` overrides it per model; 0 = off for all.
     /// Timed only after a warm-up (`--warmup-runs` 0 keeps every model on its worker thread).
     #[arg(long, env = "TORCHWIRE_INLINE_MAX_US", default_value_t = 100)]
     pub inline_max_us: u64,

@@ -64,17 +64,17 @@ async fn a_fast_path_model_that_turns_slow_moves_back_to_its_worker_and_keeps_an
         predict(&server, 1.0).await;
     }
     assert_eq!(executor(&server).await, "inline");
-    // Every pass now computes for 20 ms, four times the threshold: more than 1 % of a window
-    // over twice the threshold after three passes judged (a runtime thread's first few passes
-    // are not judged: libtorch sets itself up on them).
-    extra.store(20_000, Ordering::SeqCst);
+    // Every pass now computes for 12 ms, over twice the threshold: more than 1 % of a window
+    // over it, in two windows in a row (one slow window is forgiven as a burst of the host's;
+    // a runtime thread's first few passes are not judged: libtorch sets itself up on them).
+    extra.store(12_000, Ordering::SeqCst);
     let mut sent = 0;
     while executor(&server).await == "inline" {
-        assert!(sent < 40, "still on the fast path after {sent} slow passes");
+        assert!(sent < 2 * 256 + 16, "still on the fast path after {sent} slow passes");
         assert_eq!(predict(&server, 2.0).await, vec![-3.0, 3.0], "answers stay right while it moves");
         sent += 1;
     }
-    assert!(sent >= 3, "moved after {sent} slow passes; it takes three judged ones");
+    assert!(sent > 3, "moved after {sent} slow passes; one slow window alone does not move it");
     assert_eq!(stats_executor(&server).await, "worker");
     let demotions = r#"torchwire_inline_demotions_total{device="cpu",model="tiny_risk"}"#;
     assert_eq!(server.metric(demotions).await, Some(1.0));
