@@ -51,7 +51,9 @@ test: lint setup-system models
 
 # The benchmark suite (issue #8; see BENCHMARKS.md): torchwire next to its limits (raw libtorch
 # forward pass, a bare tonic server) and its peers (Python grpcio + torch, TorchServe 0.12), 3
-# repetitions per point, about 10 minutes (at most 15). Installs the peers on first use (from
+# repetitions per point, then issue 15's ratio targets in 5 interleaved rounds (the `pairs` step:
+# the compared servers run at once and are measured back to back; h2load as a second client;
+# perf stat for CPU per request), about 14 minutes (at most 15). Installs the peers on first use (from
 # $TORCHWIRE_PEERS_DIR, else shared/peers inside or beside the checkout). Writes
 # benches/results/<date>.{json,png} and the suite's tables in BENCHMARKS.md. Pins server and
 # client apart. `$(PY) benches/suite.py --quick` tries it out in about 2 minutes.

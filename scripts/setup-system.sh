@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Owns the Debian packages the build and the test suite use: `prometheus` (for promtool and a
 # real Prometheus server in the observability tests), `redis-server` (a real Redis for the
-# response cache's shared-tier tests), and the DejaVu fonts `torchwire-bench chart` draws its
-# text with (read at run time; no font library is linked).
+# response cache's shared-tier tests), the DejaVu fonts `torchwire-bench chart` draws its text
+# with (read at run time; no font library is linked), and for `make bench` h2load
+# (`nghttp2-client`, the suite's second load generator) and `perf` (`linux-perf`, CPU per
+# request).
 # Idempotent: installs only what is missing, and does nothing when everything is there. Needs
 # root (CI and the dev machines run as root); otherwise says what to install.
 set -euo pipefail
@@ -13,7 +15,7 @@ fi
 if ! command -v redis-server >/dev/null; then
   missing+=(redis-server)
 fi
-for pkg in fonts-dejavu-core; do
+for pkg in fonts-dejavu-core nghttp2-client linux-perf; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
     missing+=("$pkg")
   fi

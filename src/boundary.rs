@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::deadline::Deadline;
 use crate::device::Device;
 use crate::error::{Error, Result, clip};
-use crate::metrics::{Metrics, UNKNOWN_MODEL};
+use crate::metrics::{CallHandles, Metrics, UNKNOWN_MODEL};
 use crate::registry::ModelRegistry;
 use crate::stats::{Outcome, RequestStats, SystemSampler};
 
@@ -162,7 +162,8 @@ impl AppState {
     /// a message over the size limit), in the metrics and Stats like any other call.
     pub fn record_refused(&self, rpc: &'static str, error: &Error, latency: Duration) {
         if self.metrics.recording {
-            self.record(rpc, "", false, error.code(), Ran::default(), latency, Some(error));
+            let handles = self.metrics.call(rpc, "");
+            self.record(&handles, "", false, error.code(), Ran::default(), latency, Some(error));
         }
     }
 
@@ -170,7 +171,7 @@ impl AppState {
     #[allow(clippy::too_many_arguments)]
     fn record(
         &self,
-        rpc: &'static str,
+        handles: &CallHandles,
         model: &str,
         admitted: bool,
         code: tonic::Code,
@@ -179,9 +180,14 @@ impl AppState {
         error: Option<&Error>,
     ) {
         let m = &self.metrics;
+        let rpc = handles.rpc;
         let code_name = code_name(code);
-        m.requests.with_label_values(&[rpc, model, code_name]).inc();
-        m.request_duration.with_label_values(&[rpc, model]).observe(latency.as_secs_f64());
+        if code == tonic::Code::Ok {
+            handles.ok.get_or_init(|| m.requests.with_label_values(&[rpc, model, code_name])).inc();
+        } else {
+            m.requests.with_label_values(&[rpc, model, code_name]).inc();
+        }
+        handles.duration.observe(latency.as_secs_f64());
         if let Some(e) = error {
             if let Some(reason) = rejection_reason(e) {
                 m.rejected.with_label_values(&[rpc, model, reason]).inc();
@@ -219,9 +225,9 @@ pub async fn boundary<T>(state: &AppState, call: &Call, handler: impl Future<Out
         let started = call.arrived;
         let model = state.model_label(&call.model);
         let recording = state.metrics.recording;
-        let inflight = recording.then(|| state.metrics.inflight.with_label_values(&[call.rpc]));
-        if let Some(g) = &inflight {
-            g.inc();
+        let handles = recording.then(|| state.metrics.call(call.rpc, model));
+        if let Some(h) = &handles {
+            h.inflight.inc();
         }
         let handled = match call.admitted.then(|| state.admission.admit(&call.client, &call.model)).transpose() {
             Err(e) => Handled::from(Err(e)),
@@ -231,14 +237,14 @@ pub async fn boundary<T>(state: &AppState, call: &Call, handler: impl Future<Out
                 Err(_) => Handled::from(Err(Error::DeadlineExceeded { stage: "waiting for the model" })),
             },
         };
-        if let Some(g) = &inflight {
-            g.dec();
+        if let Some(h) = &handles {
+            h.inflight.dec();
         }
         let latency = started.elapsed();
         let Handled { result, ran } = handled;
         let code = result.as_ref().map_or_else(Error::code, |_| tonic::Code::Ok);
-        if recording {
-            state.record(call.rpc, model, call.admitted, code, ran, latency, result.as_ref().err());
+        if let Some(h) = &handles {
+            state.record(h, model, call.admitted, code, ran, latency, result.as_ref().err());
         }
         let micros = latency.as_micros();
         let device = ran.device.map(|d| d.label());

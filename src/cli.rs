@@ -144,6 +144,13 @@ pub struct ServeArgs {
     /// does not pay TorchScript's profiling passes).
     #[arg(long, env = "TORCHWIRE_WARMUP_RUNS", default_value_t = 2)]
     pub warmup_runs: usize,
+    /// Fast path: a model whose forward pass of its largest batch, timed at load, stays under
+    /// this many microseconds at p99 runs on the calling runtime thread (batched by flat
+    /// combining) instead of its worker thread, and moves back if its p99 later exceeds twice
+    /// this in two windows of 256 passes in a row; a manifest's `[batching] inline_max_us` overrides it per model; 0 = off for all.
+    /// Timed only after a warm-up (`--warmup-runs` 0 keeps every model on its worker thread).
+    #[arg(long, env = "TORCHWIRE_INLINE_MAX_US", default_value_t = 100)]
+    pub inline_max_us: u64,
     /// Models to load and pin at start-up, in the background once the port listens:
     /// `name` or `name@device`, comma-separated.
     #[arg(long, env = "TORCHWIRE_PRELOAD", value_delimiter = ',')]
@@ -324,6 +331,8 @@ impl TryFrom<ServeArgs> for Config {
             max_loaded_models: a.max_loaded_models,
             model_memory_budget_bytes: a.model_memory_budget_bytes,
             warmup_runs: a.warmup_runs,
+            inline_max_us: a.inline_max_us,
+            executor: crate::inline::ExecutorChoice::Measured,
             idle_unload: (a.idle_unload_secs > 0).then(|| Duration::from_secs(a.idle_unload_secs)),
             cache: cache_config(a.cache_bytes, a.cache_redis_url.clone(), a.cache_redis_timeout_ms),
             repository_poll: (a.repository_poll_secs > 0.0)

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::admission::AdmissionConfig;
 use crate::auth::{Keys, TlsFiles};
+use crate::inline::ExecutorChoice;
 use crate::validate::Limits;
 
 /// Log output format.
@@ -93,6 +94,12 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     /// Most bytes of request headers (HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE).
     pub max_header_bytes: u32,
+    /// p99 (µs) of the largest batch's pass, timed at load, under which a model runs on the
+    /// fast path (the calling runtime thread); 0 = never.
+    pub inline_max_us: u64,
+    /// Forces one executor for every model (tests run the same cases on both paths); the
+    /// default chooses by `inline_max_us`.
+    pub executor: ExecutorChoice,
 }
 
 impl Config {
@@ -135,6 +142,8 @@ impl Config {
             keepalive_timeout: Duration::from_secs(20),
             idle_timeout: None,
             max_header_bytes: 16 * 1024,
+            inline_max_us: 100,
+            executor: ExecutorChoice::Measured,
         }
     }
 

@@ -18,7 +18,9 @@
 //!    ├▶ validate.rs        domain inputs checked → the worker's payload (INVALID_ARGUMENT)
 //!    ├▶ registry.rs        (model, device) → slot: lazy single-flight load, eviction, unload
 //!    └▶ worker.rs          one OS thread per (model, device): bounded queue, dynamic batches
-//!       │                  (batch.rs), expired / cancelled jobs dropped, no_grad
+//!       │                  (batch.rs), expired / cancelled jobs dropped, no_grad; or, for a
+//!       │                  model whose timed pass is tiny, inline.rs: the calling runtime
+//!       │                  thread, flat combining; both run a batch with pass.rs
 //!       ▼
 //!    model/              the Backend trait: TorchScript through libtorch (torch.rs), a fake
 //!                        for tests (fake.rs), manifests (manifest.rs); tokenize.rs for texts
@@ -27,8 +29,9 @@
 //! Beside the path: `server.rs` composes it all and runs it until `shutdown.rs` says stop;
 //! `http.rs` serves `/metrics`, `/healthz`, `/readyz`; `cli.rs` / `config.rs` turn flags into a
 //! [`config::Config`]; `client.rs` holds the client commands; `error.rs` the one error enum
-//! and its mapping to gRPC codes. No libtorch call runs on a tokio worker thread: models live
-//! on their worker threads, and device detection runs in `spawn_blocking`.
+//! and its mapping to gRPC codes. No libtorch call runs on a tokio worker thread except a
+//! fast-path model's pass (tens of microseconds, moved back to its thread if it turns slow):
+//! models live on their worker threads, and device detection runs in `spawn_blocking`.
 
 pub mod admission;
 pub mod auth;
@@ -44,8 +47,10 @@ pub mod device;
 pub mod error;
 pub mod http;
 pub mod infer;
+pub mod inline;
 pub mod metrics;
 pub mod model;
+pub mod pass;
 pub mod proto;
 pub mod registry;
 pub mod reload;

@@ -6,9 +6,12 @@
 //! Recorded at the boundary (`boundary.rs`), in the worker (queue, compute, batch) and in
 //! the registry (loads, evictions, residency). Served as text by `http.rs`.
 
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
+
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
-    exponential_buckets,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder, exponential_buckets,
 };
 
 /// Label for a model name that is not in the repository.
@@ -58,10 +61,29 @@ pub struct Metrics {
     pub version_request_duration: HistogramVec,
     /// Route changes by model and outcome (`ok`, `refused`).
     pub version_swaps: IntCounterVec,
+    /// Fast-path models moved back to their worker thread because their passes turned slow.
+    pub inline_demotions: IntCounterVec,
     /// Constant 1, labelled with the version and libtorch version.
     pub build_info: IntGaugeVec,
     /// When the process started, for rates in dashboards.
     pub start_time: IntGauge,
+    /// Per-call handles by rpc and model label, resolved on a pair's first call (each
+    /// `with_label_values` hashes its labels and takes a lock; a call needs three).
+    calls: RwLock<HashMap<&'static str, HashMap<String, CallHandles>>>,
+}
+
+/// The metrics every call of one rpc and model label records.
+#[derive(Clone)]
+pub struct CallHandles {
+    /// The rpc label.
+    pub rpc: &'static str,
+    /// `inflight{rpc}`.
+    pub inflight: IntGauge,
+    /// `requests_total{rpc, model, code="OK"}`, made on the first OK answer (a series appears
+    /// only once it has happened); other codes are looked up when they happen.
+    pub ok: Arc<OnceLock<IntCounter>>,
+    /// `request_duration_seconds{rpc, model}`.
+    pub duration: Histogram,
 }
 
 impl Metrics {
@@ -250,8 +272,14 @@ impl Metrics {
                 "Texts cut to the max length.",
                 &["model"]
             )),
+            inline_demotions: reg!(counter(
+                "torchwire_inline_demotions_total",
+                "Fast-path models moved back to their worker thread (passes turned slow).",
+                &["model", "device"]
+            )),
             build_info: reg!(gauge("torchwire_build_info", "Build information; always 1.", &["version", "libtorch"])),
             start_time: reg!(IntGauge::new("torchwire_start_time_seconds", "Unix time the server started.")),
+            calls: RwLock::default(),
             registry,
             recording,
         };
@@ -266,6 +294,24 @@ impl Metrics {
             }
         }
         m
+    }
+
+    /// The handles a call of `rpc` on the model labelled `model` records into.
+    pub fn call(&self, rpc: &'static str, model: &str) -> CallHandles {
+        let read = self.calls.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(h) = read.get(rpc).and_then(|m| m.get(model)) {
+            return h.clone();
+        }
+        drop(read);
+        let h = CallHandles {
+            rpc,
+            inflight: self.inflight.with_label_values(&[rpc]),
+            ok: Arc::default(),
+            duration: self.request_duration.with_label_values(&[rpc, model]),
+        };
+        let mut write = self.calls.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        write.entry(rpc).or_default().insert(model.to_owned(), h.clone());
+        h
     }
 
     /// The Prometheus text exposition of every metric.

@@ -24,6 +24,7 @@ use crate::batch::BatchPolicy;
 use crate::catalog::Catalog;
 use crate::device::{Device, Devices};
 use crate::error::{Cause, Error, Result};
+use crate::inline::InlinePolicy;
 use crate::metrics::Metrics;
 use crate::model::{ModelSpec, SharedFactory};
 use crate::worker::{Loaded, WorkerHandle, WorkerSettings, spawn_worker};
@@ -68,6 +69,9 @@ pub struct RegistryConfig {
     pub memory_budget_bytes: u64,
     /// Warm-up forward passes after each load, before the model serves.
     pub warmup_runs: usize,
+    /// The fast path: the server's threshold (a manifest may override it) and whether a test
+    /// forces one executor.
+    pub inline: InlinePolicy,
 }
 
 impl RegistryConfig {
@@ -82,6 +86,7 @@ impl RegistryConfig {
             max_loaded_models: 16,
             memory_budget_bytes: 0,
             warmup_runs: 1,
+            inline: InlinePolicy::default(),
         }
     }
 }
@@ -135,6 +140,9 @@ pub struct Settings {
     pub intra_op_threads: usize,
     /// `fp16` on a GPU where the manifest allows it, else `fp32`.
     pub precision: &'static str,
+    /// Where a resident model's passes run: `inline` (the fast path) or `worker`; empty when
+    /// not resident.
+    pub executor: &'static str,
 }
 
 type LoadOutcome = Option<std::result::Result<WorkerHandle, Arc<Cause>>>;
@@ -297,6 +305,7 @@ impl ModelRegistry {
         let version = spec.version;
         let metrics = Arc::clone(&self.metrics);
         let (spec_max_batch, spec_delay) = (spec.max_batch_size, spec.max_queue_delay);
+        let inline = self.inline_policy(&spec);
         let budget = self.config.memory_budget_bytes;
         let on_loaded = move |outcome: std::result::Result<Loaded, Cause>| {
             // A model larger than the whole memory budget is refused (its handle is dropped,
@@ -341,11 +350,22 @@ impl ModelRegistry {
             policy: BatchPolicy { max_rows: batch, max_delay: spec_delay },
             warmup_runs: self.config.warmup_runs,
             metrics: Arc::clone(&self.metrics),
+            inline,
         };
         if let Some(join) = spawn_worker(spec, device, Arc::clone(&self.factory), settings, Box::new(on_loaded)) {
             let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
             threads.retain(|t| !t.is_finished());
             threads.push(join);
+        }
+    }
+
+    /// The fast-path threshold of `spec`: the manifest's `inline_max_us` where it sets one,
+    /// else the server's; a server threshold of zero turns the fast path off for every model.
+    fn inline_policy(&self, spec: &ModelSpec) -> InlinePolicy {
+        let server = self.config.inline;
+        match spec.inline_max_us {
+            Some(us) if !server.threshold.is_zero() => InlinePolicy { threshold: Duration::from_micros(us), ..server },
+            _ => server,
         }
     }
 
@@ -596,6 +616,7 @@ impl ModelRegistry {
             },
             intra_op_threads: self.config.threads_per_worker,
             precision: if device != Device::Cpu && spec.is_none_or(|s| s.fp16) { "fp16" } else { "fp32" },
+            executor: "",
         }
     }
 
@@ -627,8 +648,9 @@ impl ModelRegistry {
                     match slot.lock().as_ref() {
                         None | Some(SlotState::Unloaded) => {}
                         Some(SlotState::Loading(_)) => st.state = LoadState::Loading,
-                        Some(SlotState::Ready { load_ms, memory_bytes, .. }) => {
+                        Some(SlotState::Ready { handle, load_ms, memory_bytes }) => {
                             st.state = LoadState::Ready;
+                            st.settings.executor = handle.executor();
                             st.load_ms = *load_ms;
                             st.memory_bytes = *memory_bytes;
                         }

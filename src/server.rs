@@ -12,6 +12,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::config::Config;
+use crate::inline::InlinePolicy;
 use std::time::Duration;
 
 use crate::boundary::{AppState, SharedState};
@@ -208,6 +209,7 @@ async fn build_state(config: Config, factory: SharedFactory) -> anyhow::Result<S
             max_loaded_models: config.max_loaded_models,
             memory_budget_bytes: config.model_memory_budget_bytes,
             warmup_runs: config.warmup_runs,
+            inline: InlinePolicy { threshold: Duration::from_micros(config.inline_max_us), choice: config.executor },
         },
         Arc::clone(&metrics),
     );

@@ -5,7 +5,7 @@
 //! `Admin.ResetStats`. Latency percentiles come from a bounded window of recent requests, so
 //! memory stays flat however long the server runs. Recording takes one short mutex section.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -95,6 +95,19 @@ struct ModelAcc {
     latency: Latencies,
 }
 
+/// The accumulator of the entry `is` matches, made with `key` on first use (no key is
+/// allocated for an entry seen before).
+fn entry<K>(list: &mut Vec<(K, ModelAcc)>, is: impl Fn(&K) -> bool, key: impl FnOnce() -> K) -> &mut ModelAcc {
+    let at = match list.iter().position(|(k, _)| is(k)) {
+        Some(i) => i,
+        None => {
+            list.push((key(), ModelAcc::default()));
+            list.len() - 1
+        }
+    };
+    &mut list[at].1
+}
+
 impl ModelAcc {
     fn add(&mut self, o: &Outcome<'_>, ms: f64) {
         self.requests += 1;
@@ -126,8 +139,10 @@ struct Inner {
     by_status: BTreeMap<String, u64>,
     errors_by_type: BTreeMap<String, u64>,
     latency: Latencies,
-    per_model: HashMap<(String, String), ModelAcc>,
-    per_version: HashMap<(String, u64), ModelAcc>,
+    /// By (model, device): a handful of entries, scanned without allocating a key.
+    per_model: Vec<((String, String), ModelAcc)>,
+    /// By (model, version), likewise.
+    per_version: Vec<((String, u64), ModelAcc)>,
     /// Requests per second over the last minute: (unix second, count).
     per_second: VecDeque<(u64, u64)>,
 }
@@ -141,8 +156,8 @@ impl Inner {
             by_status: BTreeMap::new(),
             errors_by_type: BTreeMap::new(),
             latency: Latencies::default(),
-            per_model: HashMap::new(),
-            per_version: HashMap::new(),
+            per_model: Vec::new(),
+            per_version: Vec::new(),
             per_second: VecDeque::new(),
         }
     }
@@ -205,6 +220,16 @@ fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// Adds one to `key`'s count, allocating the key only the first time it is seen.
+fn bump(counts: &mut BTreeMap<String, u64>, key: &str) {
+    match counts.get_mut(key) {
+        Some(n) => *n += 1,
+        None => {
+            counts.insert(key.to_owned(), 1);
+        }
+    }
+}
+
 impl RequestStats {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
@@ -216,10 +241,11 @@ impl RequestStats {
         let now = unix_secs(SystemTime::now());
         let mut s = self.lock();
         s.total += 1;
-        *s.by_status.entry(o.status.to_owned()).or_default() += 1;
+        // Looked up before inserting, so a status or model seen before costs no allocation.
+        bump(&mut s.by_status, o.status);
         if let Some(kind) = o.error {
             s.errors += 1;
-            *s.errors_by_type.entry(kind.to_owned()).or_default() += 1;
+            bump(&mut s.errors_by_type, kind);
         }
         s.latency.record(ms);
         match s.per_second.back_mut() {
@@ -230,10 +256,11 @@ impl RequestStats {
             s.per_second.pop_front();
         }
         if !o.model.is_empty() {
-            let acc = s.per_model.entry((o.model.to_owned(), o.device.unwrap_or("").to_owned())).or_default();
-            acc.add(o, ms);
+            let (model, device) = (o.model, o.device.unwrap_or(""));
+            entry(&mut s.per_model, |(m, d)| m == model && d == device, || (model.to_owned(), device.to_owned()))
+                .add(o, ms);
             if let Some(v) = o.version {
-                s.per_version.entry((o.model.to_owned(), v)).or_default().add(o, ms);
+                entry(&mut s.per_version, |(m, n)| m == model && *n == v, || (model.to_owned(), v)).add(o, ms);
             }
         }
     }

@@ -1,25 +1,28 @@
 //! Per-(model, device) worker: one named OS thread that loads and owns the model and runs its
-//! jobs from a bounded queue.
+//! jobs from a bounded queue, or hands the model to the fast path (`inline.rs`) when its
+//! passes, timed at load, are tiny.
 //!
-//! The thread is the only place a backend (and so libtorch) is touched: it sets `no_grad` and
-//! the intra-op pool size once, loads the model, reports the outcome, then runs jobs until every
-//! [`WorkerHandle`] is dropped, at which point it drops the model (freeing its memory) and exits.
-//! Jobs whose deadline passed or whose client left are dropped before compute.
+//! The thread loads the model: it sets `no_grad` and the intra-op pool size once, loads, warms
+//! up, times passes of the largest batch, reports the outcome, then runs jobs until every
+//! [`WorkerHandle`] is dropped, at which point it drops the model (freeing its memory) and
+//! exits. A fast-path model's thread waits on its (empty) queue until the model turns slow and
+//! is moved back to it. Jobs whose deadline passed or whose client left are dropped before
+//! compute (`pass.rs`, shared by both executors).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::batch::{
-    BatchPolicy, Job, JobOutput, Payload, Refill, Skip, check_live, compatible, merge, split, split_rows,
-};
+use crate::batch::{BatchPolicy, Job, Refill, compatible};
 use crate::device::Device;
 use crate::error::{Cause, Error, Result};
+use crate::inline::{ExecutorChoice, InlineExec, InlinePolicy, Offer};
 use crate::metrics::Metrics;
-use crate::model::{Backend, HostTensor, ModelSpec, SharedFactory, classify};
-use crate::tokenize::{TextEncoder, TextInfo};
+use crate::model::{ModelSpec, SharedFactory};
+use crate::pass::{Engine, PassContext, keep_live, run_batch, timed_p99, warm_up};
+use crate::tokenize::TextEncoder;
 
 /// How a worker runs its model.
 #[derive(Clone)]
@@ -34,6 +37,8 @@ pub struct WorkerSettings {
     pub warmup_runs: usize,
     /// Where queue, compute and batch figures go.
     pub metrics: Arc<Metrics>,
+    /// Whether the model may run on the fast path.
+    pub inline: InlinePolicy,
 }
 
 /// Cloneable sender side of a worker's queue.
@@ -45,6 +50,8 @@ pub struct WorkerHandle {
     device: Device,
     capacity: usize,
     counters: Arc<WorkerCounters>,
+    /// The fast path, when the model's passes were tiny at load; `None` = the worker thread.
+    inline: Option<Arc<InlineExec>>,
 }
 
 /// What a worker counts; read by admin and stats.
@@ -76,22 +83,35 @@ pub struct Loaded {
 
 impl WorkerHandle {
     /// Queues a job without waiting; a full queue is [`Error::QueueFull`].
+    /// On the fast path the job may already have run, on this thread, when this returns.
     pub fn submit(&self, job: Job) -> Result<()> {
         // Counted before the send so the worker can never see a job the count misses.
         self.counters.pending.fetch_add(1, Ordering::AcqRel);
-        self.tx.try_send(job).map_err(|e| {
-            self.counters.pending.fetch_sub(1, Ordering::AcqRel);
-            match e {
-                TrySendError::Full(_) => Error::QueueFull {
-                    model: self.model.to_string(),
-                    device: self.device.to_string(),
-                    capacity: self.capacity,
-                },
-                TrySendError::Disconnected(_) => {
-                    Error::internal(format!("worker for {} on {} has stopped", self.model, self.device))
-                }
-            }
-        })
+        let job = match &self.inline {
+            Some(inline) => match inline.offer(job) {
+                Offer::Taken => return Ok(()),
+                Offer::Full => return Err(self.refused(true)),
+                Offer::Stopped => return Err(self.refused(false)),
+                Offer::Demoted(job) => job,
+            },
+            None => job,
+        };
+        self.tx.try_send(job).map_err(|e| self.refused(matches!(e, TrySendError::Full(_))))
+    }
+
+    /// The error of a job not taken (full queue, or a stopped executor), counted off.
+    fn refused(&self, full: bool) -> Error {
+        self.counters.pending.fetch_sub(1, Ordering::AcqRel);
+        if full {
+            Error::QueueFull { model: self.model.to_string(), device: self.device.to_string(), capacity: self.capacity }
+        } else {
+            Error::internal(format!("worker for {} on {} has stopped", self.model, self.device))
+        }
+    }
+
+    /// Where the model's passes run now: `inline` (the fast path) or `worker`.
+    pub fn executor(&self) -> &'static str {
+        if self.inline.as_ref().is_some_and(|i| i.active()) { "inline" } else { "worker" }
     }
 
     /// Whether the worker thread still runs jobs.
@@ -153,9 +173,10 @@ pub fn spawn_worker(
     settings: WorkerSettings,
     on_loaded: OnLoaded,
 ) -> Option<JoinHandle<()>> {
-    let WorkerSettings { threads, capacity, policy, warmup_runs, metrics } = settings;
+    let WorkerSettings { threads, capacity, policy, warmup_runs, metrics, inline } = settings;
     let (tx, rx) = sync_channel(capacity);
-    let handle = WorkerHandle { tx, model: Arc::from(spec.name.as_str()), device, capacity, counters: Arc::default() };
+    let model = Arc::from(spec.name.as_str());
+    let mut handle = WorkerHandle { tx, model, device, capacity, counters: Arc::default(), inline: None };
     let reporter = Reporter(Arc::new(Mutex::new(Some(on_loaded))));
     let mut guard = ReportOnExit { reporter: reporter.clone(), armed: false };
     let spawned = std::thread::Builder::new().name(format!("torch-{}-{}", spec.name, device)).spawn(move || {
@@ -163,10 +184,10 @@ pub fn spawn_worker(
         // Grad mode is per thread: set it once for everything this thread runs.
         let _no_grad = tch::no_grad_guard();
         let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            load(&spec, device, factory.as_ref(), threads, warmup_runs)
+            load(&spec, device, factory.as_ref(), threads, warmup_runs, inline, policy.max_rows)
         }))
         .unwrap_or_else(|panic| Err(Cause::from_panic(panic.as_ref())));
-        let (backend, encoder) = match loaded {
+        let (engine, fast) = match loaded {
             Ok(x) => x,
             Err(cause) => {
                 guard.reporter.send(Err(cause));
@@ -177,10 +198,15 @@ pub fn spawn_worker(
         // Marks the worker stopped however the thread ends, unwinding included, so the
         // registry replaces it on the next request.
         let _stopped = StoppedOnExit(Arc::clone(&counters));
-        let memory_bytes = backend.memory_bytes();
+        let memory_bytes = engine.backend.memory_bytes();
+        let ctx = Arc::new(PassContext::new(Arc::clone(&spec), device.label(), Arc::clone(&counters), metrics));
+        let engine = Arc::new(Mutex::new(engine));
+        if let Some(slow_limit) = fast {
+            let exec = InlineExec::new(Arc::clone(&engine), Arc::clone(&ctx), policy.max_rows, capacity, handle.tx.clone(), slow_limit);
+            handle.inline = Some(Arc::new(exec));
+        }
         guard.reporter.send(Ok(Loaded { handle, memory_bytes }));
-        let labels = Labels { model: spec.name.clone(), device: device.label(), metrics };
-        if let Err(fault) = run_worker(&spec, backend, encoder, &rx, &counters, policy, &labels) {
+        if let Err(fault) = run_worker(&ctx, &engine, &rx, policy) {
             counters.stopped.store(true, Ordering::Release);
             tracing::error!(model = %spec.name, %device, fault = %fault, "worker stopped after a fault; the model reloads on the next request");
             // Jobs still queued are answered rather than dropped.
@@ -199,22 +225,47 @@ pub fn spawn_worker(
     }
 }
 
-/// Loads the model (and its tokenizer), warms it up and runs its self-test, on the worker thread.
+/// Where a model runs when it runs on the fast path: `Some(slow limit)`, the limit being
+/// `None` for a forced fast path that never moves back.
+type FastPath = Option<Option<Duration>>;
+
+/// Loads the model (and its tokenizer), warms it up, runs its self-test and, when the policy
+/// asks, times passes of its largest batch to choose its executor; on the worker thread. A model that is not warmed
+/// up (`--warmup-runs 0`) is not timed and stays on its worker thread.
 fn load(
     spec: &ModelSpec,
     device: Device,
     factory: &dyn crate::model::BackendFactory,
     threads: usize,
     warmup_runs: usize,
-) -> std::result::Result<(Box<dyn Backend>, Option<TextEncoder>), Cause> {
-    let mut backend = factory.load(spec, device, threads)?;
-    let mut encoder = spec.text.as_ref().map(|t| TextEncoder::load(&t.tokenizer)).transpose()?;
-    warm_up(spec, backend.as_mut(), encoder.as_mut(), warmup_runs)?;
-    let half = device != Device::Cpu && spec.fp16;
-    crate::selftest::check(spec, half, |p| {
-        run_payload(spec, backend.as_mut(), encoder.as_mut(), p).map(|(out, _)| out)
-    })?;
-    Ok((backend, encoder))
+    inline: InlinePolicy,
+    max_rows: usize,
+) -> std::result::Result<(Engine, FastPath), Cause> {
+    let backend = factory.load(spec, device, threads)?;
+    let encoder = spec.text.as_ref().map(|t| TextEncoder::load(&t.tokenizer)).transpose()?;
+    let mut engine = Engine { backend, encoder };
+    warm_up(spec, &mut engine, warmup_runs)?;
+    crate::pass::self_test(spec, &mut engine, device != Device::Cpu && spec.fp16)?;
+    let fast = match inline.choice {
+        ExecutorChoice::Worker => None,
+        ExecutorChoice::Inline => Some(None),
+        // Only a model warmed up (TorchScript's first passes profile and optimise the graph) is
+        // timed; one more one-row pass far over the threshold rules it out at once, so a
+        // model of milliseconds pays one pass, not the timed ones.
+        ExecutorChoice::Measured if inline.threshold.is_zero() || warmup_runs == 0 => None,
+        ExecutorChoice::Measured if warm_up(spec, &mut engine, 1)?.is_none_or(|d| d > inline.threshold * 10) => None,
+        ExecutorChoice::Measured => {
+            let p99 = timed_p99(spec, &mut engine, max_rows, inline.threshold)?;
+            let executor = if p99.is_some() { "inline" } else { "worker" };
+            tracing::info!(
+                model = %spec.name, %device, rows = max_rows, p99_us = p99.map(|d| d.as_micros()),
+                threshold_us = inline.threshold.as_micros(), executor,
+                "timed the largest batch's forward pass"
+            );
+            p99.map(|_| Some(inline.threshold * 2))
+        }
+    };
+    Ok((engine, fast))
 }
 
 /// Sets `stopped` when dropped.
@@ -228,13 +279,10 @@ impl Drop for StoppedOnExit {
 
 /// Runs batches until every handle is dropped (`Ok`) or the backend faults (`Err`, the reason).
 fn run_worker(
-    spec: &ModelSpec,
-    mut backend: Box<dyn Backend>,
-    mut encoder: Option<TextEncoder>,
+    ctx: &PassContext,
+    engine: &Mutex<Engine>,
     rx: &Receiver<Job>,
-    counters: &WorkerCounters,
     policy: BatchPolicy,
-    labels: &Labels,
 ) -> std::result::Result<(), Arc<Cause>> {
     // A job taken from the queue that did not fit the batch being formed opens the next one.
     let mut carry: Option<Job> = None;
@@ -247,7 +295,7 @@ fn run_worker(
                 Err(_) => return Ok(()), // every handle dropped: unloaded or shutting down
             },
         };
-        let Some(first) = keep_live(first, counters, labels) else { continue };
+        let Some(first) = keep_live(first, ctx) else { continue };
         let mut rows = first.rows;
         let mut batch = vec![first];
         let opened = Instant::now();
@@ -259,7 +307,7 @@ fn run_worker(
             let until = if rows < refill_rows { wait_until.max(refill_until) } else { wait_until };
             let next = if now >= until { rx.try_recv().ok() } else { rx.recv_timeout(until - now).ok() };
             let Some(job) = next else { break };
-            let Some(job) = keep_live(job, counters, labels) else { continue };
+            let Some(job) = keep_live(job, ctx) else { continue };
             if rows + job.rows > policy.max_rows || !compatible(&batch[0].payload, &job.payload) {
                 carry = Some(job);
                 break;
@@ -268,186 +316,14 @@ fn run_worker(
             batch.push(job);
         }
         let started = Instant::now();
-        run_batch(spec, backend.as_mut(), encoder.as_mut(), batch, rows, counters, labels)?;
+        {
+            // Shared with the fast path only until a demotion: uncontended on this path.
+            let mut engine = engine.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            run_batch(ctx, &mut engine, batch, rows)?;
+        }
         // Jobs still counted as pending are the ones queued behind this batch (its own were
         // counted off before the replies left).
-        let queued = usize::try_from(counters.pending.load(Ordering::Acquire)).unwrap_or(usize::MAX);
+        let queued = usize::try_from(ctx.counters.pending.load(Ordering::Acquire)).unwrap_or(usize::MAX);
         refill.record(rows.saturating_add(queued), started.elapsed());
     }
-}
-
-/// Drops a job whose client left (counted) or whose deadline passed in the queue (answered
-/// DEADLINE_EXCEEDED, counted); returns the job otherwise.
-fn keep_live(job: Job, counters: &WorkerCounters, labels: &Labels) -> Option<Job> {
-    match check_live(&job) {
-        None => Some(job),
-        Some(Skip::Cancelled) => {
-            counters.cancelled.fetch_add(1, Ordering::Relaxed);
-            counters.pending.fetch_sub(1, Ordering::AcqRel);
-            None
-        }
-        Some(Skip::Expired) => {
-            counters.expired_queued.fetch_add(1, Ordering::Relaxed);
-            labels.metrics.deadline_exceeded.with_label_values(&[job.rpc, &labels.model, "queue"]).inc();
-            let _ = job.reply.send(Err(Error::DeadlineExceeded { stage: "queued" }));
-            counters.pending.fetch_sub(1, Ordering::AcqRel);
-            None
-        }
-    }
-}
-
-/// One forward pass over the batch, then each job gets its own rows back.
-fn run_batch(
-    spec: &ModelSpec,
-    backend: &mut dyn Backend,
-    encoder: Option<&mut TextEncoder>,
-    batch: Vec<Job>,
-    rows: usize,
-    counters: &WorkerCounters,
-    labels: &Labels,
-) -> std::result::Result<(), Arc<Cause>> {
-    let started = Instant::now();
-    let lv = [labels.model.as_str(), labels.device.as_str()];
-    let row_counts: Vec<usize> = batch.iter().map(|j| j.rows).collect();
-    let mut replies = Vec::with_capacity(batch.len());
-    let mut payloads = Vec::with_capacity(batch.len());
-    for job in batch {
-        payloads.push(job.payload);
-        let queued = started.duration_since(job.enqueued);
-        if labels.metrics.recording {
-            labels.metrics.queue_duration.with_label_values(&lv).observe(queued.as_secs_f64());
-        }
-        replies.push((job.reply, job.deadline, queued, job.rpc));
-    }
-    // A panic inside libtorch or the tokenizer fails this batch, not the worker: the model
-    // keeps serving the next one. A fatal cause (a CUDA fault, which poisons the context, or a
-    // [`crate::model::WorkerFault`]) fails the batch and stops the worker.
-    let ran =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_payload(spec, backend, encoder, merge(payloads))))
-            .unwrap_or_else(|panic| Err(Cause::from_panic(panic.as_ref())));
-    let result = ran.and_then(|(outputs, texts)| {
-        let predictions = predictions_for(spec, &outputs, rows);
-        let outputs = split(outputs, &row_counts)?;
-        Ok((outputs, split_rows(predictions, &row_counts), split_rows(texts, &row_counts)))
-    });
-    let result = result.map_err(Arc::new);
-    let fault = result.as_ref().err().filter(|c| c.is_fatal()).map(Arc::clone);
-    if fault.is_some() {
-        // Marked before any reply leaves: a client that retries the moment it is answered must
-        // reach a fresh load, not this dying worker's queue.
-        counters.stopped.store(true, Ordering::Release);
-    }
-    let compute = started.elapsed();
-    if labels.metrics.recording {
-        labels.metrics.compute_duration.with_label_values(&lv).observe(compute.as_secs_f64());
-        labels.metrics.batch_size.with_label_values(&lv).observe(rows as f64);
-    }
-    let jobs = replies.len() as u64;
-    counters.batches.fetch_add(1, Ordering::Relaxed);
-    counters.completed.fetch_add(jobs, Ordering::Relaxed);
-    // No longer pending once computed: a client that scrapes the queue depth (or an eviction
-    // that checks idleness) right after its answer must not still see its own job.
-    counters.pending.fetch_sub(jobs, Ordering::AcqRel);
-    match result {
-        Ok((outputs, predictions, texts)) => {
-            let parts = outputs.into_iter().zip(predictions).zip(texts);
-            for ((reply, deadline, queue, rpc), ((outputs, predictions), texts)) in replies.into_iter().zip(parts) {
-                if deadline.is_expired() {
-                    // Computed, but too late: the handler has already answered DEADLINE_EXCEEDED.
-                    counters.expired_computing.fetch_add(1, Ordering::Relaxed);
-                    labels.metrics.deadline_exceeded.with_label_values(&[rpc, &labels.model, "compute"]).inc();
-                }
-                if labels.metrics.recording && !texts.is_empty() {
-                    let tokens: usize = texts.iter().map(|t: &TextInfo| t.tokens).sum();
-                    labels.metrics.tokens.with_label_values(&[&labels.model]).inc_by(tokens as u64);
-                    let cut = texts.iter().filter(|t| t.truncated).count() as u64;
-                    if cut > 0 {
-                        labels.metrics.truncated_texts.with_label_values(&[&labels.model]).inc_by(cut);
-                    }
-                }
-                let _ = reply.send(Ok(JobOutput { outputs, predictions, queue, compute, batch_size: rows, texts }));
-            }
-        }
-        Err(cause) => {
-            for (reply, _, _, _) in replies {
-                let _ = reply.send(Err(Error::Forward { model: spec.name.clone(), cause: Arc::clone(&cause) }));
-            }
-        }
-    }
-    fault.map_or(Ok(()), Err)
-}
-
-/// Runs the model `runs` times on a one-row input before it serves, so the first real request
-/// does not pay TorchScript's profiling passes: zeros of the declared shape (variable
-/// dimensions as 1), or a short sentence for text models.
-fn warm_up(
-    spec: &ModelSpec,
-    backend: &mut dyn Backend,
-    mut encoder: Option<&mut TextEncoder>,
-    runs: usize,
-) -> std::result::Result<(), Cause> {
-    for _ in 0..runs {
-        let payload = if spec.text.is_some() {
-            Payload::Texts { texts: vec!["Warming up the model with a short sentence.".to_owned()], max_length: 32 }
-        } else {
-            Payload::Tensors(
-                spec.inputs
-                    .iter()
-                    .map(|i| {
-                        let shape: Vec<i64> = i.shape.iter().map(|d| (*d).max(1)).collect();
-                        let numel = shape.iter().product::<i64>() as usize;
-                        HostTensor {
-                            name: i.name.clone(),
-                            dtype: i.dtype,
-                            shape,
-                            data: vec![0; numel * i.dtype.size()],
-                        }
-                    })
-                    .collect(),
-            )
-        };
-        run_payload(spec, backend, encoder.as_deref_mut(), payload)?;
-    }
-    Ok(())
-}
-
-/// Metric labels and sink of one worker.
-struct Labels {
-    model: String,
-    device: String,
-    metrics: Arc<Metrics>,
-}
-
-/// Tokenises (text jobs) and runs the forward pass.
-fn run_payload(
-    spec: &ModelSpec,
-    backend: &mut dyn Backend,
-    encoder: Option<&mut TextEncoder>,
-    payload: Payload,
-) -> std::result::Result<(Vec<HostTensor>, Vec<TextInfo>), Cause> {
-    match payload {
-        Payload::Tensors(inputs) => Ok((backend.forward(inputs)?, Vec::new())),
-        Payload::Texts { texts, max_length } => {
-            let encoder = encoder
-                .ok_or_else(|| Cause::Tokenizer("a text job for a model without a tokenizer; this is a bug".into()))?;
-            let (inputs, infos) = encoder.encode(&texts, max_length, &spec.inputs)?;
-            Ok((backend.forward(inputs)?, infos))
-        }
-    }
-}
-
-/// Labels for each row when the manifest names labels and the first output is `[rows, labels]`.
-fn predictions_for(
-    spec: &ModelSpec,
-    outputs: &[crate::model::HostTensor],
-    rows: usize,
-) -> Vec<crate::model::Prediction> {
-    let n = spec.labels.len();
-    let Some(first) = outputs.first() else {
-        return Vec::new();
-    };
-    if n == 0 || first.shape != [rows as i64, n as i64] {
-        return Vec::new();
-    }
-    first.to_f32().chunks(n).map(|row| classify(row, spec.output)).collect()
 }

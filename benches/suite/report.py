@@ -237,7 +237,11 @@ def md_header(ctx: Context, png: Path | None) -> list[str]:
 
 
 def md_targets(ctx: Context) -> list[str]:
-    L = ["### Targets", "", "| target | goal | measured | ratio | |", "|---|---|---|---:|---|"]
+    from .pairs import table
+    pairs = table(ctx.R)
+    L = (["### Targets of issue 15, measured in interleaved rounds", ""] + pairs + [""]) if pairs else []
+    L += ["### Targets from the sequential runs" + (" (single-sided; the ratios above supersede theirs)" if pairs else ""),
+          "", "| target | goal | measured | ratio | |", "|---|---|---|---:|---|"]
     for t in ctx.R["targets"]:
         val = t["value"]
         shown = f"{val:.2f}×" if val is not None and t["goal"].endswith("×") else ""

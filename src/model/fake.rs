@@ -1,11 +1,12 @@
 //! A fake backend for tests of the machinery around models (registry, workers, deadlines,
 //! overload, shutdown) without libtorch. Its forward pass sums each row's features into two
-//! logits `[-sum, sum]`, optionally after sleeping, and counts its loads; an input of 666
+//! logits `[-sum, sum]`, optionally after sleeping (a delay a test may raise while it serves,
+//! to slow a fast-path model down), and counts its loads; an input of 666
 //! makes it panic, as a broken native op would, and 668 makes it raise [`WorkerFault`], as a
 //! poisoned CUDA context would (the worker stops and the model is reloaded).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::{Backend, BackendFactory, DType, HostTensor, ModelSpec, WorkerFault};
@@ -21,6 +22,10 @@ pub struct FakeFactory {
     pub load_delay: Duration,
     /// How long each forward pass takes.
     pub forward_delay: Duration,
+    /// Microseconds of busy computing added to every forward pass of every backend of this
+    /// factory, from the moment a test sets it (a model that turns slow while it serves: it
+    /// spends CPU time, unlike `forward_delay`, which sleeps).
+    pub extra_delay_us: Arc<AtomicU64>,
     /// Rows every backend of this factory has run, shared with the test.
     pub rows_seen: Arc<AtomicUsize>,
     /// Forward passes every backend of this factory has run.
@@ -33,6 +38,7 @@ pub struct FakeFactory {
 #[derive(Debug)]
 pub struct FakeBackend {
     forward_delay: Duration,
+    extra_delay_us: Arc<AtomicU64>,
     rows_seen: Arc<AtomicUsize>,
     forwards: Arc<AtomicUsize>,
 }
@@ -45,6 +51,7 @@ impl BackendFactory for FakeFactory {
         assert!(!self.panic_on_load, "fake backend asked to panic while loading");
         Ok(Box::new(FakeBackend {
             forward_delay: self.forward_delay,
+            extra_delay_us: Arc::clone(&self.extra_delay_us),
             rows_seen: Arc::clone(&self.rows_seen),
             forwards: Arc::clone(&self.forwards),
         }))
@@ -53,7 +60,15 @@ impl BackendFactory for FakeFactory {
 
 impl Backend for FakeBackend {
     fn forward(&mut self, inputs: Vec<HostTensor>) -> Result<Vec<HostTensor>, Cause> {
-        std::thread::sleep(self.forward_delay);
+        if !self.forward_delay.is_zero() {
+            std::thread::sleep(self.forward_delay);
+        }
+        // Computes until this thread has spent `busy` of CPU time, however busy the host is.
+        let busy = Duration::from_micros(self.extra_delay_us.load(Ordering::Relaxed));
+        let started = crate::inline::thread_cpu();
+        while crate::inline::thread_cpu().saturating_sub(started) < busy {
+            std::hint::spin_loop();
+        }
         let x = inputs.first().ok_or_else(|| Cause::Output("no input".into()))?;
         if x.dtype != DType::F32 || x.shape.len() != 2 {
             return Err(Cause::Output("fake backend takes one float32 [batch, n] input".into()));

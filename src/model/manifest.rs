@@ -146,6 +146,8 @@ pub struct ModelSpec {
     pub self_test: Vec<SelfTest>,
     /// Opt-in response caching (`[cache]`); `None` = never cached.
     pub cache: Option<CacheSpec>,
+    /// `[batching] inline_max_us`: this model's fast-path threshold, over the server's.
+    pub inline_max_us: Option<u64>,
 }
 
 /// How a model's answers may be cached (manifest `[cache]`).
@@ -251,6 +253,8 @@ struct RawBatching {
     max_batch_size: Option<usize>,
     #[serde(default)]
     max_queue_delay_ms: u64,
+    #[serde(default)]
+    inline_max_us: Option<u64>,
 }
 
 /// Checks a model name before it is used for anything.
@@ -364,6 +368,7 @@ pub fn parse_version_spec(
         fp16: raw.fp16,
         self_test: raw.self_test,
         cache: raw.cache,
+        inline_max_us: raw.batching.inline_max_us,
     })
 }
 

@@ -116,7 +116,8 @@ fn model_stamp(dir: &Path) -> std::io::Result<(Vec<Stamp>, Vec<u64>)> {
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
         // Only canonical numbers: `01` and `.3.tmp` are not versions.
         let Some(n) = name.parse::<u64>().ok().filter(|n| *n > 0 && n.to_string() == name) else { continue };
-        if !entry.file_type()?.is_dir() {
+        // `is_dir` follows symlinks, as an operator's linked folders (and Kubernetes volumes) need.
+        if !entry.path().is_dir() {
             continue;
         }
         versions.push(n);
@@ -140,7 +141,7 @@ impl Repository {
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
             let path = entry.path();
-            if !entry.file_type()?.is_dir() || !path.join("model.toml").is_file() {
+            if !path.is_dir() || !path.join("model.toml").is_file() {
                 continue;
             }
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
@@ -444,6 +445,20 @@ mod tests {
         let bad_overlay = Repository::scan(&root, Some(&broken)).unwrap();
         assert!(bad_overlay.get("m").unwrap().not_served[&1].contains("may not set version_policy"));
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn linked_model_and_version_folders_are_read() {
+        let root = tmp("links");
+        let real = tmp("links-real");
+        model(&real, "m", MANIFEST, &[(1, EMPTY_ZIP)]);
+        std::os::unix::fs::symlink(real.join("m"), root.join("m")).unwrap();
+        std::os::unix::fs::symlink(real.join("m/1"), real.join("m/2")).unwrap();
+        let repo = Repository::scan(&root, None).unwrap();
+        assert_eq!(repo.get("m").unwrap().versions.keys().copied().collect::<Vec<_>>(), vec![2]);
+        std::fs::remove_dir_all(&root).unwrap();
+        std::fs::remove_dir_all(&real).unwrap();
     }
 
     #[test]

@@ -294,6 +294,7 @@ pub fn settings(s: &Settings) -> proto::DeviceSettings {
         max_text_length: i32::try_from(s.max_text_length).unwrap_or(i32::MAX),
         precision: s.precision.to_owned(),
         intra_op_threads: i32::try_from(s.intra_op_threads).unwrap_or(i32::MAX),
+        executor: s.executor.to_owned(),
     }
 }
 

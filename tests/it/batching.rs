@@ -8,9 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::common::on_both_executors;
 use crate::common::{TestServer, fixtures_dir};
 use tonic::Code;
 use torchwire::config::Config;
+use torchwire::inline::ExecutorChoice;
 use torchwire::model::fake::FakeFactory;
 use torchwire::proto::{DataType, PredictRequest, Tensor};
 
@@ -30,11 +32,11 @@ fn one_row(v: f32) -> PredictRequest {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_requests_share_forward_passes_and_each_gets_its_own_rows() {
+async fn concurrent_requests_share_forward_passes_and_each_gets_its_own_rows(executor: ExecutorChoice) {
     let factory = FakeFactory { forward_delay: Duration::from_millis(60), ..FakeFactory::default() };
     let forwards = Arc::clone(&factory.forwards);
-    let server = TestServer::start_with(Config::for_tests(fixtures_dir()), Arc::new(factory)).await;
+    let server =
+        TestServer::start_with(Config { executor, ..Config::for_tests(fixtures_dir()) }, Arc::new(factory)).await;
     // Load first, so the concurrent requests below queue behind one another.
     server.inference().predict(one_row(0.5)).await.unwrap();
     let forwards_before = forwards.load(Ordering::SeqCst);
@@ -96,10 +98,9 @@ async fn a_closed_loop_of_clients_keeps_its_batches_full() {
     assert!(passes <= 1.5 * rounds, "{passes:.1} passes for {rounds} rounds of 8 clients; batch sizes {sizes:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_queue_answers_resource_exhausted_at_once() {
+async fn a_full_queue_answers_resource_exhausted_at_once(executor: ExecutorChoice) {
     let factory = FakeFactory { forward_delay: Duration::from_millis(300), ..FakeFactory::default() };
-    let config = Config { queue_capacity: 1, ..Config::for_tests(fixtures_dir()) };
+    let config = Config { queue_capacity: 1, executor, ..Config::for_tests(fixtures_dir()) };
     let server = TestServer::start_with(config, Arc::new(factory)).await;
     server.inference().predict(one_row(1.0)).await.unwrap();
     let calls: Vec<_> = (0..6)
@@ -140,12 +141,11 @@ async fn wait_for_queue_depth(server: &TestServer, n: f64) {
     panic!("queue depth never reached {n}: {:?}", server.metric(gauge).await);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancelled_or_expired_request_is_never_computed() {
+async fn a_cancelled_or_expired_request_is_never_computed(executor: ExecutorChoice) {
     let factory = FakeFactory { forward_delay: Duration::from_millis(400), ..FakeFactory::default() };
     let rows_seen = Arc::clone(&factory.rows_seen);
     // Calls without a grpc-timeout get 150 ms (the server's own default, no client timer).
-    let config = Config { default_timeout: Duration::from_millis(150), ..Config::for_tests(fixtures_dir()) };
+    let config = Config { default_timeout: Duration::from_millis(150), executor, ..Config::for_tests(fixtures_dir()) };
     let server = TestServer::start_with(config, Arc::new(factory)).await;
     let patient = |v: f32| {
         let mut req = tonic::Request::new(one_row(v));
@@ -175,11 +175,11 @@ async fn a_cancelled_or_expired_request_is_never_computed() {
     assert_eq!(server.metric(dropped).await, Some(1.0), "the expired job was dropped by the worker, at the queue");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_rate_limit_refuses_with_a_retry_after_trailer() {
+async fn the_rate_limit_refuses_with_a_retry_after_trailer(executor: ExecutorChoice) {
     use torchwire::admission::AdmissionConfig;
     let config = Config {
         admission: AdmissionConfig { max_inflight: 100, rate_limit_rps: 2.0, rate_limit_burst: 2.0 },
+        executor,
         ..Config::for_tests(fixtures_dir())
     };
     let server = TestServer::start_with(config, Arc::new(FakeFactory::default())).await;
@@ -231,12 +231,12 @@ async fn with_keys_the_rate_limit_bucket_is_the_verified_key() {
     c.predict(call(key_b, None)).await.expect("key B has its own bucket");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_global_inflight_limit_refuses_at_once() {
+async fn the_global_inflight_limit_refuses_at_once(executor: ExecutorChoice) {
     use torchwire::admission::AdmissionConfig;
     let factory = FakeFactory { forward_delay: Duration::from_millis(200), ..FakeFactory::default() };
     let config = Config {
         admission: AdmissionConfig { max_inflight: 2, rate_limit_rps: 0.0, rate_limit_burst: 0.0 },
+        executor,
         ..Config::for_tests(fixtures_dir())
     };
     let server = TestServer::start_with(config, Arc::new(factory)).await;
@@ -257,9 +257,12 @@ async fn the_global_inflight_limit_refuses_at_once() {
     assert!((1..=4).contains(&refused), "refused {refused} of 6 with room for 2");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panicking_forward_pass_fails_that_request_only() {
-    let server = TestServer::start_with(Config::for_tests(fixtures_dir()), Arc::new(FakeFactory::default())).await;
+async fn a_panicking_forward_pass_fails_that_request_only(executor: ExecutorChoice) {
+    let server = TestServer::start_with(
+        Config { executor, ..Config::for_tests(fixtures_dir()) },
+        Arc::new(FakeFactory::default()),
+    )
+    .await;
     let mut c = server.inference();
     let status = c.predict(one_row(666.0)).await.unwrap_err();
     assert_eq!(status.code(), Code::Internal);
@@ -270,14 +273,14 @@ async fn a_panicking_forward_pass_fails_that_request_only() {
 
 /// One request computes; the next expires while computing (computed, result discarded); the
 /// third expires in the queue and is never computed. Counted by stage in the metrics.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deadlines_expire_in_the_queue_and_during_compute_and_are_counted_by_stage() {
+async fn deadlines_expire_in_the_queue_and_during_compute_and_are_counted_by_stage(executor: ExecutorChoice) {
     let factory = FakeFactory { forward_delay: Duration::from_millis(300), ..FakeFactory::default() };
     let rows_seen = Arc::clone(&factory.rows_seen);
     let config = Config {
         max_batch_size: Some(1),
         warmup_runs: 0,
         default_timeout: Duration::from_millis(400),
+        executor,
         ..Config::for_tests(fixtures_dir())
     };
     let server = TestServer::start_with(config, Arc::new(factory)).await;
@@ -311,3 +314,13 @@ async fn deadlines_expire_in_the_queue_and_during_compute_and_are_counted_by_sta
     assert_eq!(at("compute"), Some(1.0), "{text}");
     assert_eq!(at("handler"), Some(2.0), "{text}");
 }
+
+on_both_executors!(
+    concurrent_requests_share_forward_passes_and_each_gets_its_own_rows,
+    a_full_queue_answers_resource_exhausted_at_once,
+    a_cancelled_or_expired_request_is_never_computed,
+    the_rate_limit_refuses_with_a_retry_after_trailer,
+    the_global_inflight_limit_refuses_at_once,
+    a_panicking_forward_pass_fails_that_request_only,
+    deadlines_expire_in_the_queue_and_during_compute_and_are_counted_by_stage,
+);

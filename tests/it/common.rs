@@ -218,3 +218,26 @@ fn percent_decode(s: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Runs the async test `$name(executor: ExecutorChoice)` twice, as `$name::worker` and
+/// `$name::inline`: the same case against a model on its worker thread and on the fast path.
+#[allow(unused_macros)]
+macro_rules! on_both_executors {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            use torchwire::inline::ExecutorChoice;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn worker() {
+                super::$name(ExecutorChoice::Worker).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn inline() {
+                super::$name(ExecutorChoice::Inline).await;
+            }
+        }
+    )+};
+}
+#[allow(unused_imports)]
+pub(crate) use on_both_executors;

@@ -11,9 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::common::on_both_executors;
 use crate::common::{TestServer, fixtures_dir, tensor_predict};
 use tonic::{Code, Status};
 use torchwire::config::Config;
+use torchwire::inline::ExecutorChoice;
 use torchwire::model::fake::FakeFactory;
 use torchwire::proto::{DeviceState, GetModelRequest, ListModelsRequest, ModelState, PredictRequest, PredictResponse};
 
@@ -195,14 +197,13 @@ async fn a_model_that_raises_fails_that_request_only_and_is_not_reloaded() {
     assert_eq!((state, dev.loads), (ModelState::Ready, 1), "the raise left the loaded model in place");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_fault_fails_its_batch_and_the_model_is_reloaded_on_the_next_request() {
+async fn a_worker_fault_fails_its_batch_and_the_model_is_reloaded_on_the_next_request(executor: ExecutorChoice) {
     let repo = fresh_repo();
     add_model(&repo, "faulty", &tiny_risk());
     add_model(&repo, "other", &tiny_risk());
     let factory = FakeFactory::default();
     let loads = Arc::clone(&factory.loads);
-    let config = Config { warmup_runs: 0, ..Config::for_tests(&repo) };
+    let config = Config { warmup_runs: 0, executor, ..Config::for_tests(&repo) };
     let server = TestServer::start_with(config, Arc::new(factory)).await;
     let mut client = server.inference();
     let sum = |resp: PredictResponse| resp.outputs[0].float_data.clone();
@@ -224,14 +225,13 @@ async fn a_worker_fault_fails_its_batch_and_the_model_is_reloaded_on_the_next_re
     assert_eq!(sum(client.predict(one_row("other", 5.0)).await.unwrap().into_inner()), vec![-11.0, 11.0]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_queued_behind_a_worker_fault_is_answered_and_never_hangs() {
+async fn a_request_queued_behind_a_worker_fault_is_answered_and_never_hangs(executor: ExecutorChoice) {
     let repo = fresh_repo();
     add_model(&repo, "faulty", &tiny_risk());
     add_model(&repo, "other", &tiny_risk());
     let factory = FakeFactory { forward_delay: Duration::from_millis(300), ..FakeFactory::default() };
     let loads = Arc::clone(&factory.loads);
-    let config = Config { warmup_runs: 0, ..Config::for_tests(&repo) };
+    let config = Config { warmup_runs: 0, executor, ..Config::for_tests(&repo) };
     let server = TestServer::start_with(config, Arc::new(factory)).await;
     server.inference().predict(one_row("faulty", 1.0)).await.unwrap();
     server.inference().predict(one_row("other", 1.0)).await.unwrap();
@@ -299,3 +299,8 @@ async fn a_model_larger_than_the_whole_memory_budget_is_refused_and_the_server_k
     let (state, dev) = cpu_state(&server, "big").await;
     assert_eq!((state, dev.memory_bytes), (ModelState::Ready, bytes));
 }
+
+on_both_executors!(
+    a_worker_fault_fails_its_batch_and_the_model_is_reloaded_on_the_next_request,
+    a_request_queued_behind_a_worker_fault_is_answered_and_never_hangs,
+);

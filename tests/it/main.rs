@@ -9,6 +9,7 @@ mod cache;
 mod common;
 mod doors;
 mod e2e;
+mod executors;
 mod faults;
 mod grpc;
 mod lifecycle;

@@ -5,8 +5,10 @@
 
 use std::process::{Command, Stdio};
 
+use crate::common::on_both_executors;
 use crate::common::{TestServer, fixtures_dir};
 use torchwire::config::Config;
+use torchwire::inline::ExecutorChoice;
 use torchwire::proto::{DataType, PredictRequest, ResetStatsRequest, StatsRequest, Tensor};
 
 fn predict(model: &str, values: Vec<f32>) -> PredictRequest {
@@ -42,9 +44,8 @@ async fn known_sequence(server: &TestServer) {
     c.predict(predict("made-up-name-123", vec![1.0; 4])).await.unwrap_err();
 }
 
-#[tokio::test]
-async fn counters_and_histograms_have_exact_values_after_known_calls() {
-    let server = TestServer::start(Config::for_tests(fixtures_dir())).await;
+async fn counters_and_histograms_have_exact_values_after_known_calls(executor: ExecutorChoice) {
+    let server = TestServer::start(Config { executor, ..Config::for_tests(fixtures_dir()) }).await;
     known_sequence(&server).await;
     let (status, text) = server.http_get("/metrics").await;
     assert_eq!(status, 200);
@@ -92,9 +93,8 @@ async fn http_probes_answer() {
     server.shutdown.cancel();
 }
 
-#[tokio::test]
-async fn stats_reports_totals_error_rate_and_resets() {
-    let server = TestServer::start(Config::for_tests(fixtures_dir())).await;
+async fn stats_reports_totals_error_rate_and_resets(executor: ExecutorChoice) {
+    let server = TestServer::start(Config { executor, ..Config::for_tests(fixtures_dir()) }).await;
     known_sequence(&server).await;
     let s = server.inference().stats(StatsRequest::default()).await.unwrap().into_inner();
     assert_eq!(s.total_requests, 6);
@@ -199,3 +199,8 @@ async fn stats_and_get_model_show_the_same_settings() {
     assert_eq!(stats.devices[0].settings.as_ref().unwrap().precision, "fp32", "the CPU runs fp32");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+on_both_executors!(
+    counters_and_histograms_have_exact_values_after_known_calls,
+    stats_reports_totals_error_rate_and_resets,
+);
