@@ -144,6 +144,31 @@ async fn the_same_mistake_gets_the_same_answer_from_both_front_doors() {
         let b = server.kserve().model_infer(texts_infer(model, texts)).await.unwrap_err();
         assert_eq!((a.code(), a.message()), (b.code(), b.message()), "{what}: Sentiment and ModelInfer differ");
     }
+    // A bad version, named in each door's own version field or as `name@version`.
+    let version_cases = [
+        ("missing version", "tiny_risk", "7"),
+        ("zero version", "tiny_risk", "0"),
+        ("overflowing version", "tiny_risk", "99999999999999999999999"),
+        ("unknown label", "tiny_risk", "stable"),
+        ("not a version", "tiny_risk", "../1"),
+        ("version given twice", "tiny_risk@1", "1"),
+        ("empty after @", "tiny_risk@", ""),
+    ];
+    for (what, model, version) in version_cases {
+        let one = [t(&[1, 4], &ok)];
+        let p = PredictRequest { version: version.into(), ..predict(model, &one) };
+        let k = ModelInferRequest { model_version: version.into(), ..infer(model, &one) };
+        let a = server.inference().predict(p).await.unwrap_err();
+        let b = server.kserve().model_infer(k).await.unwrap_err();
+        assert_ne!(a.code(), Code::Ok, "{what}");
+        assert_eq!((a.code(), a.message()), (b.code(), b.message()), "{what}: Predict and ModelInfer differ");
+        let text_model = model.replace("tiny_risk", "tiny_bert");
+        let s = SentimentRequest { version: version.into(), ..texts_sentiment(&text_model, &["good"]) };
+        let k = ModelInferRequest { model_version: version.into(), ..texts_infer(&text_model, &["good"]) };
+        let a = server.inference().sentiment(s).await.unwrap_err();
+        let b = server.kserve().model_infer(k).await.unwrap_err();
+        assert_eq!((a.code(), a.message()), (b.code(), b.message()), "{what}: Sentiment and ModelInfer differ");
+    }
     // Still serving, through both doors.
     server.inference().predict(predict("tiny_risk", &[t(&[1, 4], &ok)])).await.unwrap();
     server.kserve().model_infer(infer("tiny_risk", &[t(&[1, 4], &ok)])).await.unwrap();
