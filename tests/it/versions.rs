@@ -386,7 +386,7 @@ async fn the_repository_is_polled_when_asked_to() {
 #[tokio::test]
 async fn every_bundled_model_passes_its_self_test() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models");
-    let names = ["breast_cancer", "diabetes", "heart_disease", "sentiment", "sentiment-int8"];
+    let names = ["breast_cancer", "diabetes", "heart_disease", "liver", "lung", "sentiment", "sentiment-int8"];
     for n in names {
         assert!(
             dir.join(n).join("1/version.toml").exists(),
