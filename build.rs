@@ -1,6 +1,6 @@
 //! Build script: compiles `proto/torchwire/v1/*.proto` and `proto/inference/*.proto` (KServe
 //! v2, Triton-compatible) with protox (no system `protoc`) and
-//! tonic-prost-build, writes the file descriptor set that reflection serves, and links the
+//! tonic-prost-build (and their proto3 JSON serde impls with pbjson-build), writes the file descriptor set that reflection serves, and links the
 //! binaries against libtorch with an rpath so they run without `LD_LIBRARY_PATH`.
 
 use std::env;
@@ -24,8 +24,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(&fds_path, prost::Message::encode_to_vec(&fds))?;
     // KServe tensors travel as raw bytes: `Bytes` avoids a copy per tensor.
     tonic_prost_build::configure().bytes(".inference").compile_fds(fds)?;
+    proto3_json(&std::fs::read(&fds_path)?)?;
 
     link_libtorch();
+    Ok(())
+}
+
+/// serde impls in the proto3 JSON mapping, for the HTTP door: torchwire.v1 in canonical form
+/// (lowerCamelCase, every field emitted); KServe in Triton's form (the proto's field names).
+fn proto3_json(descriptors: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+    pbjson_build::Builder::new().register_descriptors(descriptors)?.emit_fields().build(&[".torchwire.v1"])?;
+    pbjson_build::Builder::new()
+        .register_descriptors(descriptors)?
+        .preserve_proto_field_names()
+        .emit_fields()
+        .build(&[".inference"])?;
     Ok(())
 }
 

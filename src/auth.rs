@@ -173,7 +173,8 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
 }
 
-/// Builds the rustls server configuration (TLS 1.2 and 1.3, ALPN `h2`).
+/// Builds the rustls server configuration (TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`: gRPC and
+/// the HTTP/JSON door share the port).
 pub fn server_tls_config(files: &TlsFiles) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .and_then(Iterator::collect)
@@ -209,7 +210,7 @@ pub fn server_tls_config(files: &TlsFiles) -> anyhow::Result<Arc<rustls::ServerC
     let mut config = builder
         .with_single_cert(certs, key)
         .map_err(|e| anyhow::anyhow!("--tls-cert / --tls-key do not form a usable pair: {e}"))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 

@@ -211,6 +211,10 @@ pub struct ServeArgs {
     /// Serve gRPC server reflection (what grpcurl uses to list and describe services).
     #[arg(long, env = "TORCHWIRE_REFLECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub reflection: bool,
+    /// Serve the status page (HTML: models, a form per tabular model, Stats charts) at `GET /`
+    /// on the gRPC port. The page holds no data itself; what it shows needs the API key.
+    #[arg(long, env = "TORCHWIRE_UI", default_value_t = true, action = clap::ArgAction::Set)]
+    pub ui: bool,
 }
 
 impl ServeArgs {
@@ -304,6 +308,7 @@ impl TryFrom<ServeArgs> for Config {
                 _ => None,
             },
             reflection: a.reflection,
+            ui: a.ui,
             keepalive_interval: (a.keepalive_interval_secs > 0).then(|| Duration::from_secs(a.keepalive_interval_secs)),
             keepalive_timeout: Duration::from_secs(a.keepalive_timeout_secs),
             idle_timeout: (a.idle_timeout_secs > 0).then(|| Duration::from_secs(a.idle_timeout_secs)),

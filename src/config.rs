@@ -86,6 +86,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Serve gRPC server reflection (v1 and v1alpha).
     pub reflection: bool,
+    /// Serve the status page at `GET /` on the gRPC port.
+    pub ui: bool,
     /// HTTP/2 keep-alive: PING an open connection after this long without frames.
     pub keepalive_interval: Option<Duration>,
     /// HTTP/2 keep-alive: close the connection when a PING is not acknowledged in time.
@@ -138,6 +140,7 @@ impl Config {
             keys: Keys::default(),
             tls: None,
             reflection: true,
+            ui: true,
             keepalive_interval: Some(Duration::from_secs(60)),
             keepalive_timeout: Duration::from_secs(20),
             idle_timeout: None,

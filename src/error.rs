@@ -156,6 +156,28 @@ pub enum Error {
         /// The configured limit.
         limit: usize,
     },
+    /// An HTTP request to a path no endpoint answers.
+    #[error("no endpoint at {path}; the API roots are /v2 (KServe v2 REST), /v1 (torchwire JSON) and / (status page)")]
+    NoSuchPath {
+        /// The path asked for (clipped).
+        path: String,
+    },
+    /// An HTTP request with a method its path does not take.
+    #[error("{method} is not allowed on {path}; use {allowed}")]
+    MethodNotAllowed {
+        /// The method sent.
+        method: String,
+        /// The path (clipped).
+        path: String,
+        /// The methods the path takes, as for an `Allow` header.
+        allowed: &'static str,
+    },
+    /// An HTTP request body in a format the endpoint does not read.
+    #[error("{reason}")]
+    UnsupportedMediaType {
+        /// What was sent and what is expected.
+        reason: String,
+    },
     /// The server is shutting down and takes no new work.
     #[error("server is shutting down")]
     ShuttingDown,
@@ -277,11 +299,14 @@ impl Error {
             | Error::InvalidDevice { .. }
             | Error::InvalidInput { .. }
             | Error::InvalidVersion { .. }
-            | Error::InvalidLabels { .. } => Code::InvalidArgument,
+            | Error::InvalidLabels { .. }
+            | Error::UnsupportedMediaType { .. } => Code::InvalidArgument,
             Error::ModelNotFound { .. }
             | Error::NoTextModel
             | Error::VersionNotFound { .. }
-            | Error::LabelNotFound { .. } => Code::NotFound,
+            | Error::LabelNotFound { .. }
+            | Error::NoSuchPath { .. } => Code::NotFound,
+            Error::MethodNotAllowed { .. } => Code::Unimplemented,
             Error::DeviceUnavailable { .. } | Error::VersionNotServed { .. } | Error::RepositoryUnreadable { .. } => {
                 Code::FailedPrecondition
             }
@@ -318,6 +343,9 @@ impl Error {
             Error::RateLimited { .. } => "rate_limited",
             Error::MessageTooLarge { .. } => "message_too_large",
             Error::DeadlineExceeded { .. } => "deadline_exceeded",
+            Error::NoSuchPath { .. } => "no_such_path",
+            Error::MethodNotAllowed { .. } => "method_not_allowed",
+            Error::UnsupportedMediaType { .. } => "unsupported_media_type",
             Error::ShuttingDown => "shutting_down",
             Error::Unauthenticated { .. } => "unauthenticated",
             Error::PermissionDenied { .. } => "permission_denied",
@@ -372,6 +400,9 @@ mod tests {
             (Error::RateLimited { retry_after_ms: 5 }, Code::ResourceExhausted),
             (Error::MessageTooLarge { limit: 5 }, Code::ResourceExhausted),
             (Error::DeadlineExceeded { stage: "queued" }, Code::DeadlineExceeded),
+            (Error::NoSuchPath { path: s() }, Code::NotFound),
+            (Error::MethodNotAllowed { method: s(), path: s(), allowed: "GET" }, Code::Unimplemented),
+            (Error::UnsupportedMediaType { reason: s() }, Code::InvalidArgument),
             (Error::ShuttingDown, Code::Unavailable),
             (Error::Unauthenticated { reason: "r" }, Code::Unauthenticated),
             (Error::PermissionDenied { rpc: s() }, Code::PermissionDenied),

@@ -3,8 +3,12 @@
 //! One path from the socket to the model, whichever front door a call comes in by:
 //!
 //! ```text
-//! socket ─▶ transport.rs   HTTP/2 (hyper), TLS / mTLS, bearer keys (auth.rs), connection limits;
-//!    │                     decides each call's facts once: arrival, deadline, client, request id
+//! socket ─▶ transport.rs   HTTP/2 and HTTP/1.1 (hyper), TLS / mTLS, bearer keys (auth.rs),
+//!    │                     connection limits; decides each call's facts once: arrival,
+//!    │                     deadline, client, request id; gRPC to service/, the rest to rest/
+//!    ▼
+//! rest/                  the HTTP/JSON door, converters only (JSON ⇄ proto, then service/):
+//!    │                     KServe v2 REST (/v2), torchwire JSON (/v1), the status page (/)
 //!    ▼
 //! service/               front doors, converters only (proto ⇄ domain):
 //!    │  inference.rs       torchwire.v1 Predict / Sentiment / Stats   (torchwire_convert.rs)
@@ -55,6 +59,7 @@ pub mod proto;
 pub mod registry;
 pub mod reload;
 pub mod request;
+pub mod rest;
 pub mod selftest;
 pub mod server;
 pub mod service;

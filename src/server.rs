@@ -179,6 +179,7 @@ fn transport_config(state: &SharedState, tls: Option<tokio_rustls::TlsAcceptor>)
             let state = Arc::clone(state);
             Arc::new(move |rpc, error, latency| state.record_refused(rpc, error, latency))
         },
+        rest: Arc::new(crate::rest::Door::new(Arc::clone(state))),
     }
 }
 

@@ -1,7 +1,9 @@
-//! The HTTP/2 transport under the gRPC services: accepts TCP connections (optionally TLS,
-//! optionally mutual), checks bearer keys, enforces connection limits (streams, header size,
-//! keep-alive, idle time-out, a time cap on each call), serves tonic's `Routes` on each
-//! connection with hyper, and drains gracefully on shutdown.
+//! The transport under every front door: accepts TCP connections (optionally TLS, optionally
+//! mutual), speaks HTTP/2 and HTTP/1.1 on the same port (hyper's auto builder tells them
+//! apart), checks bearer keys, enforces connection limits (streams, header size, keep-alive,
+//! idle time-out, a time cap on each call), sends each request to the gRPC routes (content
+//! type `application/grpc`) or to the HTTP/JSON door (`rest/`), and drains gracefully on
+//! shutdown.
 //!
 //! torchwire serves connections itself (rather than through `tonic::transport::Server`) for one
 //! reason: tonic's server applies the client's `grpc-timeout` in a layer outside every user
@@ -21,6 +23,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -56,6 +59,8 @@ pub struct CallInfo {
     pub peer: SocketAddr,
     /// The client sent `cache-control: no-cache`: compute, do not answer from the cache.
     pub no_cache: bool,
+    /// The call came in by the HTTP/JSON door (its metrics say `rpc="http/<Method>"`).
+    pub http: bool,
 }
 
 /// A request id for a call that brought none: `tw-<n>`, unique within this process.
@@ -95,7 +100,14 @@ pub struct TransportConfig {
     pub max_message_bytes: usize,
     /// Where calls the transport answers itself are reported.
     pub refused: RefusalSink,
+    /// The HTTP/JSON door, for every request that is not gRPC.
+    pub rest: Arc<crate::rest::Door>,
 }
+
+/// Most header lines of an HTTP/1.1 request (a flood past it is answered 431).
+const MAX_HTTP1_HEADERS: usize = 100;
+/// How long an HTTP/1.1 client may take to send a request's headers.
+const HTTP1_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `routes` on `listener` until `shutdown` fires, then runs `on_drain`, stops accepting,
 /// and waits up to the grace period for open connections to finish their requests.
@@ -106,8 +118,9 @@ pub async fn serve(
     config: TransportConfig,
     on_drain: impl Future<Output = ()>,
 ) {
-    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    http2
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(config.max_concurrent_streams)
         .max_header_list_size(config.max_header_bytes)
@@ -116,6 +129,13 @@ pub async fn serve(
         // A client resetting streams as fast as it opens them ("rapid reset") is cut off.
         .max_pending_accept_reset_streams(Some(64))
         .max_local_error_reset_streams(Some(256));
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HTTP1_HEADER_TIMEOUT)
+        .max_headers(MAX_HTTP1_HEADERS)
+        // Bounds one request's headers (and what pipelined requests may queue) like HTTP/2's limit.
+        .max_buf_size((config.max_header_bytes as usize).max(8192));
     let connections = TaskTracker::new();
     let config = Arc::new(config);
     loop {
@@ -133,12 +153,12 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 let activity = Arc::new(Activity::default());
                 let svc = Guarded { inner: routes.clone(), peer, config: Arc::clone(&config), activity: Arc::clone(&activity) };
-                let (http2, shutdown, config) = (http2.clone(), shutdown.clone(), Arc::clone(&config));
+                let (builder, shutdown, config) = (builder.clone(), shutdown.clone(), Arc::clone(&config));
                 connections.spawn(async move {
                     match &config.tls {
-                        None => serve_connection(stream, svc, &http2, &shutdown, config.idle_timeout, &activity).await,
+                        None => serve_connection(stream, svc, &builder, &shutdown, config.idle_timeout, &activity).await,
                         Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                            Ok(Ok(tls)) => serve_connection(tls, svc, &http2, &shutdown, config.idle_timeout, &activity).await,
+                            Ok(Ok(tls)) => serve_connection(tls, svc, &builder, &shutdown, config.idle_timeout, &activity).await,
                             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                         },
@@ -162,7 +182,7 @@ pub async fn serve(
 async fn serve_connection<I>(
     io: I,
     svc: Guarded,
-    http2: &hyper::server::conn::http2::Builder<TokioExecutor>,
+    builder: &Builder<TokioExecutor>,
     shutdown: &CancellationToken,
     idle_timeout: Option<Duration>,
     activity: &Activity,
@@ -170,7 +190,7 @@ async fn serve_connection<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = svc.peer;
-    let conn = http2.serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
+    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
     tokio::pin!(conn);
     let mut closing = false;
     loop {
@@ -270,58 +290,186 @@ where
         Service::<http::Request<B>>::poll_ready(&mut self.inner, cx)
     }
 
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let arrived = Instant::now();
         let open = OpenRequest::new(&self.activity);
-        let rpc = crate::boundary::rpc_label(req.uri().path());
-        let authorization = req.headers().get(http::header::AUTHORIZATION).map(http::HeaderValue::as_bytes);
-        let verified = match self.config.keys.check(req.uri().path(), authorization) {
+        if is_grpc(req.headers()) { self.grpc(req, arrived, open) } else { self.http(req, arrived, open) }
+    }
+}
+
+impl Guarded {
+    fn grpc<B>(&mut self, mut req: http::Request<B>, arrived: Instant, open: OpenRequest) -> BoxReply
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    {
+        let path = req.uri().path();
+        let rpc = crate::boundary::rpc_label(path);
+        let verified = match self.verify(&req, path, rpc, arrived) {
             Ok(v) => v,
-            Err(e) => {
-                tracing::info!(peer = %self.peer, path = %crate::error::clip(req.uri().path(), 96), code = e.code_label(), "request refused: {e}");
-                (self.config.refused)(rpc, &e, arrived.elapsed());
-                return Box::pin(async move {
-                    drop(open);
-                    Ok(tonic::Status::from(e).into_http())
-                });
-            }
+            Err(e) => return answer(open, Ok(tonic::Status::from(e).into_http())),
         };
-        let grpc_timeout =
+        let timeout =
             req.headers_mut().remove("grpc-timeout").and_then(|v| v.to_str().ok().and_then(parse_grpc_timeout));
-        let deadline = Deadline::for_call(arrived, grpc_timeout, self.config.default_timeout, self.config.max_timeout);
-        let request_id = req
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= 128)
-            .map_or_else(new_request_id, str::to_owned);
-        let client = match verified {
-            Some(fingerprint) => format!("key:{fingerprint}"),
-            None => format!("ip:{}", self.peer.ip()),
-        };
-        let no_cache = req
-            .headers()
-            .get_all("cache-control")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|d| d.trim().eq_ignore_ascii_case("no-cache")));
-        req.extensions_mut().insert(CallInfo { arrived, deadline, client, request_id, peer: self.peer, no_cache });
+        let info = self.facts(req.headers(), arrived, verified, timeout, false);
+        let deadline = info.deadline;
+        req.extensions_mut().insert(info);
         let call = self.inner.call(req);
         let config = Arc::clone(&self.config);
         Box::pin(async move {
             let reply = match tokio::time::timeout_at((deadline.at() + BACKSTOP).into(), call).await {
-                Ok(Ok(reply)) => Ok(oversized_as_exhausted(reply, rpc, arrived, &config)),
+                Ok(Ok(reply)) => oversized_as_exhausted(reply, rpc, arrived, &config),
                 Ok(Err(never)) => match never {},
                 // The handler answers at the deadline itself; this fires when it never ran
                 // (the request body never completed).
+                Err(_) => tonic::Status::from(Error::DeadlineExceeded { stage: "receiving the request" }).into_http(),
+            };
+            drop(open);
+            Ok(reply)
+        })
+    }
+
+    /// A request for the HTTP/JSON door: routed first (the route says which gRPC method it
+    /// stands for, for keys and labels), then the same key check and call facts as gRPC, the
+    /// deadline from `grpc-timeout` or a `timeout` query parameter.
+    fn http<B>(&mut self, req: http::Request<B>, arrived: Instant, open: OpenRequest) -> BoxReply
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    {
+        let refuse = |e: Error, rpc: &'static str, request_id: &str| {
+            tracing::info!(peer = %self.peer, path = %crate::error::clip(req.uri().path(), 96), code = e.code_label(), "request refused: {e}");
+            (self.config.refused)(rpc, &e, arrived.elapsed());
+            crate::rest::error_reply(&e, request_id)
+        };
+        let route = crate::rest::Route::parse(req.method(), req.uri().path());
+        let rpc = route.as_ref().map_or("http/unknown", crate::rest::Route::rpc);
+        let route = match route {
+            Ok(r) => r,
+            Err(e) => return answer(open, Ok(refuse(e, rpc, &request_id(req.headers())))),
+        };
+        let checked =
+            self.verify_quietly(&req, route.grpc_path()).and_then(|verified| Ok((verified, http_timeout(&req)?)));
+        let (verified, timeout) = match checked {
+            Ok(x) => x,
+            Err(e) => return answer(open, Ok(refuse(e, rpc, &request_id(req.headers())))),
+        };
+        let info = self.facts(req.headers(), arrived, verified, timeout, true);
+        let deadline = info.deadline;
+        let door = Arc::clone(&self.config.rest);
+        Box::pin(async move {
+            let request_id = info.request_id.clone();
+            let reply = match tokio::time::timeout_at((deadline.at() + BACKSTOP).into(), door.handle(route, req, info))
+                .await
+            {
+                Ok(reply) => reply,
                 Err(_) => {
-                    Ok(tonic::Status::from(Error::DeadlineExceeded { stage: "receiving the request" }).into_http())
+                    crate::rest::error_reply(&Error::DeadlineExceeded { stage: "receiving the request" }, &request_id)
                 }
             };
             drop(open);
-            reply
+            Ok(reply)
         })
     }
+
+    /// Checks the bearer key for `path`; a refusal is logged and counted.
+    fn verify<B>(
+        &self,
+        req: &http::Request<B>,
+        path: &str,
+        rpc: &'static str,
+        arrived: Instant,
+    ) -> Result<Option<String>, Error> {
+        self.verify_quietly(req, path).inspect_err(|e| {
+            tracing::info!(peer = %self.peer, path = %crate::error::clip(path, 96), code = e.code_label(), "request refused: {e}");
+            (self.config.refused)(rpc, e, arrived.elapsed());
+        })
+    }
+
+    fn verify_quietly<B>(&self, req: &http::Request<B>, path: &str) -> Result<Option<String>, Error> {
+        let authorization = req.headers().get(http::header::AUTHORIZATION).map(http::HeaderValue::as_bytes);
+        self.config.keys.check(path, authorization)
+    }
+
+    /// The call's facts, decided once: deadline, client identity, request id, cache opt-out.
+    fn facts(
+        &self,
+        headers: &http::HeaderMap,
+        arrived: Instant,
+        verified: Option<String>,
+        timeout: Option<Duration>,
+        http: bool,
+    ) -> CallInfo {
+        let deadline = Deadline::for_call(arrived, timeout, self.config.default_timeout, self.config.max_timeout);
+        let client = match verified {
+            Some(fingerprint) => format!("key:{fingerprint}"),
+            None => format!("ip:{}", self.peer.ip()),
+        };
+        let no_cache = headers
+            .get_all("cache-control")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|d| d.trim().eq_ignore_ascii_case("no-cache")));
+        CallInfo { arrived, deadline, client, request_id: request_id(headers), peer: self.peer, no_cache, http }
+    }
+}
+
+type BoxReply = Pin<Box<dyn Future<Output = Result<Reply, std::convert::Infallible>> + Send>>;
+
+fn answer(open: OpenRequest, reply: Result<Reply, std::convert::Infallible>) -> BoxReply {
+    drop(open);
+    Box::pin(std::future::ready(reply))
+}
+
+/// gRPC requests say so in their content type (`application/grpc`, `application/grpc+proto`, …).
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The client's `x-request-id` (at most 128 visible characters), else a new one.
+fn request_id(headers: &http::HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map_or_else(new_request_id, str::to_owned)
+}
+
+/// An HTTP call's time-out: `grpc-timeout` (gRPC syntax), else the `timeout` query parameter
+/// (`250ms`, `2s`, `1m`, or plain seconds).
+fn http_timeout<B>(req: &http::Request<B>) -> Result<Option<Duration>, Error> {
+    if let Some(v) = req.headers().get("grpc-timeout") {
+        return v.to_str().ok().and_then(parse_grpc_timeout).map(Some).ok_or_else(|| {
+            Error::invalid("grpc-timeout", "must be a gRPC time-out such as `500m` (ms) or `2S` (seconds)")
+        });
+    }
+    let Some(given) = req.uri().query().and_then(|q| crate::rest::query_param(q, "timeout")) else {
+        return Ok(None);
+    };
+    parse_http_timeout(&given).map(Some).ok_or_else(|| {
+        Error::invalid(
+            "timeout",
+            format!(
+                "`{}` is not a time-out; write e.g. `250ms`, `2s`, `1m` or `1.5` (seconds)",
+                crate::error::clip(&given, 32)
+            ),
+        )
+    })
+}
+
+fn parse_http_timeout(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let secs = number.trim().parse::<f64>().ok()? * scale;
+    (secs.is_finite() && secs > 0.0).then(|| Duration::try_from_secs_f64(secs).ok()).flatten()
 }
 
 /// tonic answers a request message over the decoding limit with OUT_OF_RANGE before any

@@ -29,7 +29,7 @@ use crate::transport::CallInfo;
 pub fn call<T>(state: &AppState, rpc: &'static str, req: &Request<T>, model: String, admitted: bool) -> Call {
     match req.extensions().get::<CallInfo>() {
         Some(info) => Call {
-            rpc,
+            rpc: if info.http { crate::rest::http_label(rpc) } else { rpc },
             model,
             arrived: info.arrived,
             deadline: info.deadline,
