@@ -13,7 +13,7 @@ import sys
 import time
 
 from . import __doc__ as SUITE_DOC
-from . import pairs, report, servers, steps
+from . import http, pairs, report, servers, steps
 from .context import Context
 from .plan import CLIENT_CPU, GROUPS, PEERS, SCENARIOS, SERVER_SCENARIOS, TAB_MODEL, StepError
 
@@ -21,8 +21,10 @@ from .plan import CLIENT_CPU, GROUPS, PEERS, SCENARIOS, SERVER_SCENARIOS, TAB_MO
 def estimate_s(ctx: Context) -> float:
     points = sum(1 for g in GROUPS if g in ctx.only and g in SERVER_SCENARIOS
                  for sc in SCENARIOS if sc.group in SERVER_SCENARIOS[g] and ctx.selected(sc))
-    pairs = 60 * (2 if ctx.args.quick else max(5, ctx.args.pairs or 5)) * ("pairs" in ctx.only)
-    return points * ctx.reps * (ctx.duration + ctx.warmup + 0.4) + 40 * ("raw" in ctx.only) + 120 + pairs
+    rounds = 2 if ctx.args.quick else max(5, ctx.args.pairs or 5)
+    pairs = 60 * rounds * ("pairs" in ctx.only)
+    web = (40 + 14 * rounds) * ("http" in ctx.only)
+    return points * ctx.reps * (ctx.duration + ctx.warmup + 0.4) + 40 * ("raw" in ctx.only) + 120 + pairs + web
 
 
 def set_up_peers(ctx: Context) -> bool:
@@ -55,7 +57,8 @@ def run(ctx: Context) -> None:
     ctx.machine()
     order = [("raw", steps.step_raw), ("floor", steps.step_floor), ("torchwire", steps.step_torchwire),
              ("python", steps.step_python), ("torchserve", steps.step_torchserve),
-             ("torchserve-batch", lambda c: steps.step_torchserve(c, batch=True)), ("pairs", pairs.step_pairs)]
+             ("torchserve-batch", lambda c: steps.step_torchserve(c, batch=True)), ("pairs", pairs.step_pairs),
+             ("http", http.step_http)]
     for key, fn in order:
         if key not in ctx.only or (key in PEERS and not peers_ok):
             continue
@@ -89,7 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--bin", help="torchwire server binary (default target/release/torchwire)")
     ap.add_argument("--bench-bin", help="torchwire-bench binary: load generator, floor, raw timing, chart "
                     "(default: torchwire-bench beside --bin)")
-    ap.add_argument("--pairs", type=int, help="interleaved rounds of the issue 15 targets (default 5, quick 2)")
+    ap.add_argument("--pairs", type=int, help="interleaved rounds of the issue 15 and 17 targets (default 5, quick 2)")
     ap.add_argument("--budget-min", type=float, default=15, help="skip the TorchServe batching run past this (default 15)")
     ap.add_argument("--write-doc", action="store_true", help="update BENCHMARKS.md even on a quick/partial run")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp folder (server logs, model store)")

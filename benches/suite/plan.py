@@ -46,7 +46,7 @@ SERVER_LABEL = {
     "torchserve": "TorchServe 0.12",
     "torchserve-batch": "TorchServe 0.12, batching config",
 }
-GROUPS = ["raw", "floor", "torchwire", "python", "torchserve", "torchserve-batch", "pairs"]
+GROUPS = ["raw", "floor", "torchwire", "python", "torchserve", "torchserve-batch", "pairs", "http"]
 PEERS = ["python", "torchserve", "torchserve-batch"]  # the parts that need the peers folder
 
 

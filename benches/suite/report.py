@@ -240,6 +240,9 @@ def md_targets(ctx: Context) -> list[str]:
     from .pairs import table
     pairs = table(ctx.R)
     L = (["### Targets of issue 15, measured in interleaved rounds", ""] + pairs + [""]) if pairs else []
+    from .http import table as http_table
+    web = http_table(ctx.R)
+    L += (["### Issue 17: HTTP/JSON against gRPC and TorchServe's REST API, interleaved", ""] + web + [""]) if web else []
     L += ["### Targets from the sequential runs" + (" (single-sided; the ratios above supersede theirs)" if pairs else ""),
           "", "| target | goal | measured | ratio | |", "|---|---|---|---:|---|"]
     for t in ctx.R["targets"]:
