@@ -36,7 +36,8 @@ pub enum Command {
 /// Flags of `torchwire serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address the gRPC server listens on.
+    /// Address the server listens on: gRPC, and on the same port HTTP/JSON (KServe v2 REST under
+    /// /v2, torchwire JSON under /v1) and the status page at /.
     #[arg(long, env = "TORCHWIRE_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
     /// Model repository: one folder per model with model.toml and one numbered folder per
@@ -53,7 +54,7 @@ pub struct ServeArgs {
     pub metrics_recording: bool,
     /// Largest gRPC request message, in bytes, that Inference and KServe decode; larger ones
     /// get RESOURCE_EXHAUSTED naming the limit (tonic's default is 4 MiB; tritonclient opens
-    /// channels at 2 GiB).
+    /// channels at 2 GiB). Also the largest HTTP request body (413 past it).
     #[arg(long, env = "TORCHWIRE_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_message_bytes: usize,
     /// Seconds between process-memory samples in the Stats history.
@@ -172,7 +173,8 @@ pub struct ServeArgs {
     /// Concurrent HTTP/2 streams (in-flight RPCs) per client connection.
     #[arg(long, env = "TORCHWIRE_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
     pub max_concurrent_streams: u32,
-    /// Most bytes of request headers a client may send (HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE).
+    /// Most bytes of request headers a client may send (HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE; on
+    /// HTTP/1.1, at most 100 header lines and this many bytes, else 431).
     #[arg(long, env = "TORCHWIRE_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
     pub max_header_bytes: u32,
     /// Seconds without frames after which the server PINGs a connection; 0 = no keep-alive.
