@@ -12,6 +12,8 @@ mod e2e;
 mod executors;
 mod faults;
 mod grpc;
+mod http;
+mod http_abuse;
 mod lifecycle;
 mod limits;
 mod observability;
