@@ -349,7 +349,7 @@ impl Guarded {
             Err(e) => return answer(open, Ok(refuse(e, rpc, &request_id(req.headers())))),
         };
         let checked =
-            self.verify_quietly(&req, route.grpc_path()).and_then(|verified| Ok((verified, http_timeout(&req)?)));
+            self.verify_quietly(&req, route.access_path()).and_then(|verified| Ok((verified, http_timeout(&req)?)));
         let (verified, timeout) = match checked {
             Ok(x) => x,
             Err(e) => return answer(open, Ok(refuse(e, rpc, &request_id(req.headers())))),

@@ -248,12 +248,13 @@ fn element_count(field: &str, shape: &[i64]) -> Result<usize, Error> {
 /// JSON `data` (flat or nested) → the tensor's little-endian bytes (BYTES: 4-byte length
 /// prefixes), checking the element count against the shape and each value against the type.
 fn encode(field: &str, datatype: &str, count: usize, data: &Value) -> Result<Bytes, Error> {
-    let mut values = Vec::with_capacity(count);
+    // Sized by the data the body holds, never by the count the shape claims.
+    let mut values = Vec::new();
     flatten(data, &mut values);
     if values.len() != count {
         return Err(Error::invalid(field, format!("shape needs {count} elements; `data` has {}", values.len())));
     }
-    let mut out = BytesMut::with_capacity(count * 4);
+    let mut out = BytesMut::with_capacity(values.len() * 4);
     for (j, v) in values.iter().enumerate() {
         put(&mut out, datatype, v).map_err(|why| Error::invalid(format!("{field}.data[{j}]"), why))?;
     }
@@ -326,7 +327,10 @@ fn params(field: &str, map: Map<String, Value>) -> Result<Params, Error> {
                 Value::Number(n) if n.is_u64() => ParameterChoice::Uint64Param(n.as_u64().unwrap_or_default()),
                 Value::Number(n) => ParameterChoice::DoubleParam(n.as_f64().unwrap_or_default()),
                 _ => {
-                    return Err(Error::invalid(format!("{field}.{}", clip(&k, 64)), "must be a bool, number or string"));
+                    return Err(Error::invalid(
+                        format!("{field}.{}", clip(&k, 64)),
+                        "must be a bool, number or string",
+                    ));
                 }
             };
             Ok((k, ks::InferParameter { parameter_choice: Some(choice) }))

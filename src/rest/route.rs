@@ -72,7 +72,7 @@ impl Route {
             Err(Error::MethodNotAllowed {
                 method: clip(method.as_str(), 16),
                 path: clip(path, 96),
-                allowed: if allowed == Method::GET { "GET" } else { "POST" },
+                allowed: if allowed == Method::GET { "GET, HEAD" } else { "POST" },
             })
         }
     }
@@ -116,6 +116,17 @@ impl Route {
             Route::GetModel(_) => "/torchwire.v1.Admin/GetModel",
             Route::LoadModel(_) => "/torchwire.v1.Admin/LoadModel",
             Route::UnloadModel(_) => "/torchwire.v1.Admin/UnloadModel",
+        }
+    }
+
+    /// The gRPC method whose key rule this endpoint follows: its own, except that reading the
+    /// model list and a model's details (`GET /v1/models[/{m}]`, Admin.ListModels / GetModel
+    /// on gRPC) is open to inference keys, as the KServe metadata is, so the status page works
+    /// with an API key when admin keys are configured too.
+    pub fn access_path(&self) -> &'static str {
+        match self {
+            Route::ListModels | Route::GetModel(_) => "/inference.GRPCInferenceService/ModelMetadata",
+            other => other.grpc_path(),
         }
     }
 
@@ -243,7 +254,7 @@ mod tests {
         let e = Route::parse(&Method::GET, "/v2/models/m/infer").unwrap_err();
         assert!(matches!(e, Error::MethodNotAllowed { allowed: "POST", .. }), "{e}");
         let e = Route::parse(&Method::DELETE, "/v1/stats").unwrap_err();
-        assert_eq!(e.to_string(), "DELETE is not allowed on /v1/stats; use GET");
+        assert_eq!(e.to_string(), "DELETE is not allowed on /v1/stats; use GET, HEAD");
     }
 
     #[test]
@@ -254,6 +265,9 @@ mod tests {
         assert_eq!(classify(Route::Predict("m".into()).grpc_path()), Access::Inference);
         assert_eq!(classify(Route::ResetStats.grpc_path()), Access::Admin);
         assert_eq!(classify(Route::RepositoryLoad("m".into()).grpc_path()), Access::Admin);
+        assert_eq!(classify(Route::ListModels.access_path()), Access::Inference);
+        assert_eq!(classify(Route::GetModel("m".into()).access_path()), Access::Inference);
+        assert_eq!(classify(Route::LoadModel("m".into()).access_path()), Access::Admin);
         assert_eq!(Route::ModelInfer(Target::default()).rpc(), "http/ModelInfer");
         assert_eq!(Route::Stats.rpc(), "http/Stats");
     }

@@ -424,7 +424,15 @@ async fn api_keys_guard_http_endpoints_as_they_guard_the_grpc_methods() {
     let infer = call(addr, "POST", "/v2/models/tiny_risk/infer", &with_api, kserve.to_string().as_bytes()).await;
     assert_eq!(infer.status, 200, "and KServe infer: {infer:?}");
 
+    // Reading the model list and a model's details is open to the API key (the status page
+    // needs it), though gRPC's Admin.ListModels needs the admin key; without a key, 401.
+    for path in ["/v1/models", "/v1/models/tiny_risk"] {
+        let read = call(addr, "GET", path, &[("authorization", api.as_str())], b"").await;
+        assert_eq!(read.status, 200, "{path} with the API key: {read:?}");
+        call(addr, "GET", path, &[], b"").await.assert_error(401, &["authorization: Bearer"]);
+    }
     // Administration: the API key is valid but not enough.
+    call(addr, "POST", "/v1/models/tiny_risk:load", &with_api, b"").await.assert_error(403, &["admin key"]);
     call(addr, "POST", "/v1/stats:reset", &with_api, b"").await.assert_error(403, &["admin key"]);
     call(addr, "POST", "/v2/repository/index", &with_api, b"").await.assert_error(403, &["admin key"]);
     call(addr, "POST", "/v1/stats:reset", &[json_ct], b"").await.assert_error(401, &["authorization: Bearer"]);
