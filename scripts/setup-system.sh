@@ -3,7 +3,8 @@
 # real Prometheus server in the observability tests), `redis-server` (a real Redis for the
 # response cache's shared-tier tests), the DejaVu fonts `torchwire-bench chart` draws its text
 # with (read at run time; no font library is linked), and for `make bench` h2load
-# (`nghttp2-client`, the suite's second load generator) and `perf` (`linux-perf`, CPU per
+# (`nghttp2-client`, the suite's second load generator), `wrk` (its HTTP/1.1 client for
+# TorchServe's REST API) and `perf` (`linux-perf`, CPU per
 # request), and for the status page's browser test Debian's `chromium` and `chromium-driver`
 # (headless, driven through WebDriver).
 # Idempotent: installs only what is missing, and does nothing when everything is there. Needs
@@ -16,7 +17,7 @@ fi
 if ! command -v redis-server >/dev/null; then
   missing+=(redis-server)
 fi
-for pkg in fonts-dejavu-core nghttp2-client linux-perf chromium chromium-driver; do
+for pkg in fonts-dejavu-core nghttp2-client wrk linux-perf chromium chromium-driver; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
     missing+=("$pkg")
   fi
