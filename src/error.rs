@@ -253,6 +253,13 @@ pub enum Cause {
     /// A forward pass was asked of a worker that has stopped.
     #[error("the worker has stopped")]
     WorkerStopped,
+    /// The `.pt2` loader or a compiled package refused or failed (the C++ exception's message).
+    #[error("pt2: {0}")]
+    Pt2(String),
+    /// A pass's input lies outside the range the `.pt2` package was exported for; the message
+    /// names the range and is the client's (INVALID_ARGUMENT, see [`Error::from_forward`]).
+    #[error("input outside the exported range: {0}")]
+    OutOfRange(String),
     /// The version's self-test did not reproduce its golden outputs.
     #[error("self-test failed: {0}")]
     SelfTest(String),
@@ -284,6 +291,15 @@ impl Error {
     /// Builds an [`Error::InvalidInput`].
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::InvalidInput { field: field.into(), reason: reason.into() }
+    }
+
+    /// The answer to a failed forward pass: INVALID_ARGUMENT naming the range for an input the
+    /// model was not exported for (checked before any kernel ran), else INTERNAL.
+    pub fn from_forward(model: &str, cause: &std::sync::Arc<Cause>) -> Self {
+        match &**cause {
+            Cause::OutOfRange(reason) => Error::invalid("inputs", reason.clone()),
+            _ => Error::Forward { model: model.to_owned(), cause: std::sync::Arc::clone(cause) },
+        }
     }
 
     /// Builds an [`Error::Internal`].
@@ -409,6 +425,8 @@ mod tests {
             (Error::ModelLoad { model: s(), device: s(), cause: Cause::Vanished.into() }, Code::Internal),
             (Error::Forward { model: s(), cause: Cause::WorkerStopped.into() }, Code::Internal),
             (Error::internal("x"), Code::Internal),
+            (Error::from_forward("m", &Cause::OutOfRange("dim 1".into()).into()), Code::InvalidArgument),
+            (Error::from_forward("m", &Cause::Pt2("kernel threw".into()).into()), Code::Internal),
         ];
         for (err, code) in table {
             let label = err.code_label();

@@ -167,7 +167,7 @@ pub fn run_batch(
         }
         Err(cause) => {
             for (reply, _, _, _) in replies {
-                let _ = reply.send(Err(Error::Forward { model: spec.name.clone(), cause: Arc::clone(&cause) }));
+                let _ = reply.send(Err(Error::from_forward(&spec.name, &cause)));
             }
         }
     }

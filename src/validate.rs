@@ -157,6 +157,15 @@ fn tensor_inputs(spec: &ModelSpec, inputs: Vec<TensorInput>, limits: Limits) -> 
     }
     let rows = usize::try_from(rows).map_err(|_| Error::invalid("inputs", "negative batch dimension"))?;
     check_rows(rows, limits)?;
+    // Token tensors longer than the model's position table would index past it.
+    if let Some(text) = &spec.text
+        && let Some(t) = tensors.iter().find(|t| t.shape.get(1).is_some_and(|&n| n as u64 > text.max_length as u64))
+    {
+        return Err(Error::invalid(
+            "inputs",
+            format!("model `{}` takes at most {} tokens, `{}` has {}", spec.name, text.max_length, t.name, t.shape[1]),
+        ));
+    }
     Ok((tensors, rows))
 }
 
@@ -496,6 +505,22 @@ features = [{ name = "age", unit = "years" }, { name = "bmi" }]
             let e = payload(&text_spec(), inputs, 256, LIMITS).unwrap_err();
             assert!(e.to_string().contains(want), "{e} should contain {want}");
         }
+    }
+
+    #[test]
+    fn token_tensors_longer_than_the_model_takes_are_refused() {
+        let ids = |len: i64| {
+            Inputs::Tensors(vec![TensorInput {
+                name: "input_ids".into(),
+                dtype: Some(DType::I64),
+                shape: vec![1, len],
+                data: TensorData::I64(vec![1; len as usize]),
+            }])
+        };
+        assert!(payload(&text_spec(), ids(64), 256, LIMITS).is_ok());
+        let e = payload(&text_spec(), ids(65), 256, LIMITS).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.to_string().contains("takes at most 64 tokens, `input_ids` has 65"), "{e}");
     }
 
     #[test]

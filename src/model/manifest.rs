@@ -40,6 +40,34 @@ pub enum OutputKind {
     Probabilities,
 }
 
+/// Which file of a version the server runs (manifest `format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ModelFormat {
+    /// `model.pt`, a TorchScript archive (the default).
+    #[default]
+    TorchScript,
+    /// `model.pt2`, an AOTInductor package (`torch.export` + `aoti_compile_and_package`).
+    Pt2,
+}
+
+impl ModelFormat {
+    /// The manifest spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelFormat::TorchScript => "torchscript",
+            ModelFormat::Pt2 => "pt2",
+        }
+    }
+
+    /// The file a version of this format serves, inside its folder.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            ModelFormat::TorchScript => "model.pt",
+            ModelFormat::Pt2 => "model.pt2",
+        }
+    }
+}
+
 /// One named input feature of a tabular model.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,8 +144,10 @@ pub struct ModelSpec {
     pub generation: u64,
     /// The model's directory.
     pub dir: PathBuf,
-    /// The TorchScript file of this version.
+    /// The model file of this version (`model.pt` or `model.pt2`, after `format`).
     pub file: PathBuf,
+    /// Which backend runs `file`.
+    pub format: ModelFormat,
     /// What the model does.
     pub kind: ModelKind,
     /// One line for operators.
@@ -183,7 +213,7 @@ pub struct TextSpec {
 pub const TEXT_INPUTS: [&str; 3] = ["input_ids", "attention_mask", "token_type_ids"];
 
 impl ModelSpec {
-    /// The TorchScript file.
+    /// The model file (`model.pt` or `model.pt2`).
     pub fn model_path(&self) -> PathBuf {
         self.file.clone()
     }
@@ -198,6 +228,8 @@ impl ModelSpec {
 #[serde(deny_unknown_fields)]
 struct RawManifest {
     kind: String,
+    #[serde(default)]
+    format: Option<String>,
     #[serde(default)]
     description: String,
     #[serde(default)]
@@ -298,7 +330,8 @@ pub fn overlay(base: &toml::Table, text: &str) -> Result<toml::Table, ManifestEr
 }
 
 /// Parses one version's manifest table (model keys already taken out). `version_dir` holds its
-/// `model.pt` (and may hold its own tokenizer); `dir` is the model's folder.
+/// `model.pt` or `model.pt2` (`format`; a version may ship both, the manifest picks) and may
+/// hold its own tokenizer; `dir` is the model's folder.
 pub fn parse_version_spec(
     name: &str,
     dir: &Path,
@@ -313,6 +346,13 @@ pub fn parse_version_spec(
         "text-classification" => ModelKind::TextClassification,
         other => {
             return Err(ManifestError(format!("kind must be \"tabular\" or \"text-classification\", got {other:?}")));
+        }
+    };
+    let format = match raw.format.as_deref() {
+        None | Some("torchscript") => ModelFormat::TorchScript,
+        Some("pt2") => ModelFormat::Pt2,
+        Some(other) => {
+            return Err(ManifestError(format!("format must be \"torchscript\" or \"pt2\", got {other:?}")));
         }
     };
     if raw.inputs.is_empty() {
@@ -353,7 +393,8 @@ pub fn parse_version_spec(
         version,
         generation: 0,
         dir: dir.to_owned(),
-        file: version_dir.join("model.pt"),
+        file: version_dir.join(format.file_name()),
+        format,
         kind,
         description: raw.description,
         labels: raw.labels,
@@ -481,6 +522,16 @@ features = [{ name = "age", unit = "years" }, { name = "bmi", unit = "kg/m2" }]
         assert_eq!(spec.inputs[0].features[1].unit, "kg/m2");
         assert_eq!(spec.output, OutputKind::Logits);
         assert_eq!(spec.max_batch_size, None);
+    }
+
+    #[test]
+    fn format_picks_the_file_a_version_serves() {
+        let spec = parse_manifest("m", Path::new("/x"), TABULAR).unwrap();
+        assert_eq!((spec.format, spec.file.as_path()), (ModelFormat::TorchScript, Path::new("/x/model.pt")));
+        let pt2 = parse_manifest("m", Path::new("/x"), &format!("format = \"pt2\"\n{TABULAR}")).unwrap();
+        assert_eq!((pt2.format, pt2.file.as_path()), (ModelFormat::Pt2, Path::new("/x/model.pt2")));
+        let err = parse_manifest("m", Path::new("/x"), &format!("format = \"onnx\"\n{TABULAR}")).unwrap_err();
+        assert!(err.0.contains("format must be"), "{err}");
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! Models below the service layer: the host-side tensor type every layer passes around, the
-//! [`Backend`] trait a worker thread drives, the manifest, and the two backends (libtorch, and a
-//! fake one for tests of the machinery around the model).
+//! [`Backend`] trait a worker thread drives, the manifest, and the backends: TorchScript and
+//! AOTInductor `.pt2` packages through libtorch, and a fake one for tests of the machinery
+//! around the model.
 //!
 //! Nothing here knows about protobuf. Backends are created and used only on their worker's OS
 //! thread; they are `Send` so the thread can own them, never shared.
 
 pub mod fake;
 pub mod manifest;
+pub mod pt2;
 pub mod repository;
 pub mod torch;
 pub mod versions;
@@ -16,7 +18,7 @@ use std::sync::Arc;
 
 use crate::device::Device;
 use crate::error::Cause;
-pub use manifest::{InputSpec, ModelKind, ModelSpec, OutputKind, SelfTest, TextSpec};
+pub use manifest::{InputSpec, ModelFormat, ModelKind, ModelSpec, OutputKind, SelfTest, TextSpec};
 pub use repository::{ModelEntry, Repository};
 
 /// Element type of a tensor.

@@ -6,8 +6,9 @@
 //! in the scanned map, so no request can make the server read outside the model directory.
 //! A numbered folder is only served once it is completely published: folders whose name
 //! starts with `.` are ignored (publish by writing `.<N>.tmp/` and renaming it to `<N>`); a
-//! `model.pt` that is not a complete zip archive is refused as half-copied; a
-//! `model.pt.sha256` beside it, when present, must match. Rescans are cheap: a model whose
+//! model file (`model.pt`, or `model.pt2` for a manifest with `format = "pt2"`) that is not a
+//! complete zip archive is refused as half-copied; a `<file>.sha256` beside it, when present,
+//! must match. Rescans are cheap: a model whose
 //! files' sizes, times and inodes are unchanged keeps its previous entry without a read.
 
 use std::collections::BTreeMap;
@@ -102,13 +103,14 @@ fn stamp_of(name: String, path: &Path) -> Option<Stamp> {
 }
 
 /// Files whose changes a rescan notices, per version folder.
-const VERSION_FILES: [&str; 4] = ["model.pt", "version.toml", "model.pt.sha256", "tokenizer.json"];
+const VERSION_FILES: [&str; 6] =
+    ["model.pt", "model.pt2", "version.toml", "model.pt.sha256", "model.pt2.sha256", "tokenizer.json"];
 
 /// The stamps of everything a model's entry is built from, and its numbered folders.
 fn model_stamp(dir: &Path) -> std::io::Result<(Vec<Stamp>, Vec<u64>)> {
     let mut stamps = Vec::new();
     let mut versions = Vec::new();
-    for f in ["model.toml", "model.pt", "tokenizer.json"] {
+    for f in ["model.toml", "model.pt", "model.pt2", "tokenizer.json"] {
         stamps.extend(stamp_of(f.to_owned(), &dir.join(f)));
     }
     for entry in std::fs::read_dir(dir)? {
@@ -270,9 +272,11 @@ fn read_model(name: &str, dir: &Path, old: Option<&Arc<ModelEntry>>) -> Result<A
         on_disk.iter().map(|n| (*n, dir.join(n.to_string()))).collect()
     };
     for (n, vdir) in candidates {
-        let spec = if on_disk.is_empty() { Ok(()) } else { check_published(&vdir) }
-            .and_then(|()| version_table(&base, &vdir))
-            .and_then(|table| parse_version_spec(name, dir, &vdir, n, table).map_err(|e| e.0));
+        // The manifest says which file the version serves, so it is read before that file's
+        // publish checks.
+        let spec = version_table(&base, &vdir)
+            .and_then(|table| parse_version_spec(name, dir, &vdir, n, table).map_err(|e| e.0))
+            .and_then(|spec| if on_disk.is_empty() { Ok(spec) } else { check_published(&spec.file).map(|()| spec) });
         match spec {
             // A version unchanged since the last scan keeps its Arc (and so its identity).
             Ok(mut spec) => {
@@ -329,29 +333,32 @@ fn version_table(base: &toml::Table, vdir: &Path) -> Result<toml::Table, String>
     }
 }
 
-/// The publish checks of a numbered folder: `model.pt` is there, is a complete zip archive
-/// (TorchScript files are), and matches `model.pt.sha256` when that file exists.
-pub fn check_published(vdir: &Path) -> Result<(), String> {
-    let file = vdir.join("model.pt");
-    let mut f = std::fs::File::open(&file).map_err(|e| format!("no readable model.pt ({})", e.kind()))?;
+/// The publish checks of a numbered folder's model file (`model.pt` or `model.pt2`, whichever
+/// the manifest serves): it is there, is a complete zip archive (TorchScript files and
+/// AOTInductor packages both are), and matches `<file>.sha256` when that file exists.
+pub fn check_published(file: &Path) -> Result<(), String> {
+    let name = file.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let mut f = std::fs::File::open(file).map_err(|e| format!("no readable {name} ({})", e.kind()))?;
     let len = f.metadata().map_err(|e| e.to_string())?.len();
     // The end-of-central-directory record closes every zip; a half-copied file lacks it.
     let tail = len.min(22 + 65_535);
     let mut buf = vec![0u8; tail as usize];
     f.seek(SeekFrom::Start(len - tail)).and_then(|_| f.read_exact(&mut buf)).map_err(|e| e.to_string())?;
     if !buf.windows(4).any(|w| w == b"PK\x05\x06") {
-        return Err("model.pt is not a complete archive (still being copied?): publish a version by writing \
-                    it into a dot-folder and renaming that to the version number"
-            .to_owned());
+        return Err(format!(
+            "{name} is not a complete archive (still being copied?): publish a version by writing it into a \
+             dot-folder and renaming that to the version number"
+        ));
     }
-    match std::fs::read_to_string(vdir.join("model.pt.sha256")) {
+    let sums = file.with_file_name(format!("{name}.sha256"));
+    match std::fs::read_to_string(&sums) {
         Ok(want) => {
             let want = want.split_whitespace().next().unwrap_or_default().to_ascii_lowercase();
-            let got = sha256_file(&file).map_err(|e| format!("hashing model.pt: {e}"))?;
-            if want == got { Ok(()) } else { Err(format!("model.pt does not match model.pt.sha256 ({want})")) }
+            let got = sha256_file(file).map_err(|e| format!("hashing {name}: {e}"))?;
+            if want == got { Ok(()) } else { Err(format!("{name} does not match {name}.sha256 ({want})")) }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("reading model.pt.sha256: {e}")),
+        Err(e) => Err(format!("reading {name}.sha256: {e}")),
     }
 }
 
@@ -420,6 +427,28 @@ mod tests {
         std::fs::write(dir.join("2/model.pt.sha256"), format!("{good}  model.pt\n")).unwrap();
         let fixed = Repository::scan(&root, Some(&again)).unwrap();
         assert_eq!(fixed.get("m").unwrap().latest().unwrap().version, 2);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_pt2_version_gets_the_same_publish_checks_on_its_own_file() {
+        let root = tmp("pt2");
+        let manifest = format!("format = \"pt2\"\n{MANIFEST}");
+        // Version 1 ships a complete model.pt but a half-copied model.pt2: the manifest serves
+        // the .pt2, so version 1 is not served; version 2's package is complete.
+        let dir = model(&root, "m", &manifest, &[(1, EMPTY_ZIP), (2, b"PK\x03\x04")]);
+        std::fs::write(dir.join("1/model.pt2"), b"PK\x03\x04 half").unwrap();
+        std::fs::write(dir.join("2/model.pt2"), EMPTY_ZIP).unwrap();
+        std::fs::write(dir.join("2/version.toml"), "description = \"two\"\n").unwrap();
+        let toml = std::fs::read_to_string(dir.join("model.toml")).unwrap();
+        std::fs::write(dir.join("model.toml"), format!("version_policy = \"all\"\n{toml}")).unwrap();
+        let repo = Repository::scan(&root, None).unwrap();
+        let e = repo.get("m").unwrap();
+        assert!(e.not_served[&1].contains("model.pt2 is not a complete archive"), "{:?}", e.not_served);
+        assert_eq!(e.versions[&2].file, dir.join("2/model.pt2"));
+        std::fs::write(dir.join("2/model.pt2.sha256"), "00ff  model.pt2\n").unwrap();
+        let again = Repository::scan(&root, Some(&repo)).unwrap();
+        assert!(again.get("m").unwrap().not_served[&2].contains("model.pt2 does not match model.pt2.sha256"));
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -1,11 +1,12 @@
-//! The libtorch backend: a TorchScript `CModule` owned by one worker thread.
+//! The libtorch backend: a TorchScript `CModule` owned by one worker thread. Its factory also
+//! hands `format = "pt2"` models to the AOTInductor backend ([`super::pt2`]).
 //!
 //! Every function here calls libtorch and so must only run on a worker's OS thread, never on a
 //! tokio worker. The thread sets `no_grad` and the intra-op pool size before loading.
 
 use tch::{CModule, IValue, Kind, Tensor};
 
-use super::{Backend, BackendFactory, DType, HostTensor, ModelSpec};
+use super::{Backend, BackendFactory, DType, HostTensor, ModelFormat, ModelSpec};
 use crate::device::Device;
 use crate::error::Cause;
 
@@ -15,7 +16,7 @@ fn cause(e: tch::TchError) -> Cause {
     if e.to_string().contains("CUDA error") { Cause::Cuda(e) } else { Cause::Torch(e) }
 }
 
-/// Loads TorchScript models with libtorch.
+/// Loads models with libtorch: TorchScript itself, `.pt2` packages through [`super::pt2`].
 #[derive(Debug, Default, Clone, Copy)]
 pub struct TorchFactory;
 
@@ -31,6 +32,9 @@ pub struct TorchBackend {
 impl BackendFactory for TorchFactory {
     fn load(&self, spec: &ModelSpec, device: Device, threads: usize) -> Result<Box<dyn Backend>, Cause> {
         tch::set_num_threads(i32::try_from(threads.max(1)).unwrap_or(1));
+        if spec.format == ModelFormat::Pt2 {
+            return super::pt2::load(spec, device);
+        }
         let path = spec.model_path();
         let dev = device.to_tch();
         // tch's error names the file; the cause is only ever logged.
@@ -102,7 +106,8 @@ impl Backend for TorchBackend {
     }
 }
 
-fn kind_of(d: DType) -> Kind {
+/// The libtorch kind of a dtype.
+pub(super) fn kind_of(d: DType) -> Kind {
     match d {
         DType::F32 => Kind::Float,
         DType::F64 => Kind::Double,
@@ -131,7 +136,8 @@ fn dtype_of(k: Kind) -> Option<DType> {
     })
 }
 
-fn to_host(name: &str, t: &Tensor) -> Result<HostTensor, Cause> {
+/// Copies a tensor (any device) into host memory.
+pub(super) fn to_host(name: &str, t: &Tensor) -> Result<HostTensor, Cause> {
     // Skipped where they would change nothing (a CPU output is usually contiguous already).
     let t = if t.device() == tch::Device::Cpu { Ok(t.shallow_clone()) } else { t.f_to_device(tch::Device::Cpu) };
     let t = t.and_then(|t| if t.is_contiguous() { Ok(t) } else { t.f_contiguous() }).map_err(cause)?;
