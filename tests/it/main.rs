@@ -17,6 +17,7 @@ mod http_abuse;
 mod lifecycle;
 mod limits;
 mod observability;
+mod pt2;
 mod security;
 mod sentiment;
 mod versions;
