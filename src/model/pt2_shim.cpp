@@ -123,7 +123,9 @@ int tw_pt2_run(TwPt2* h, at::Tensor* const* inputs, size_t n_in, at::Tensor** ou
   return guarded(err, [&] {
     std::vector<at::Tensor> in;
     in.reserve(n_in);
-    for (size_t i = 0; i < n_in; ++i) in.push_back(*inputs[i]);
+    // The compiled kernels index their inputs as dense row-major without checking strides
+    // (seen: a column-major input gave wrong numbers, not an error); a no-op when contiguous.
+    for (size_t i = 0; i < n_in; ++i) in.push_back(inputs[i]->contiguous());
     std::vector<at::Tensor> out = h->loader->run(in);
     if (out.size() > cap) {
       throw std::runtime_error("the package returned " + std::to_string(out.size()) +
