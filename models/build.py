@@ -12,7 +12,9 @@ models also tokenizer.json and parity.json. Artifacts are built, not committed (
 built version is skipped, so a second run does nothing; an old flat build (models/<name>/model.pt)
 is moved into 1/ and given its goldens instead of being rebuilt. Models: breast_cancer, diabetes,
 heart_disease, liver, lung (tabular MLPs), sentiment and sentiment-int8 (models/sentiment.py;
-built together). See models/README.md.
+built together). Every built version then gets a model.pt2 beside its model.pt
+(models/build_pt2.py: torch.export + AOTInductor, parity-checked against model.pt), except
+sentiment-int8. See models/README.md.
 """
 
 import argparse
@@ -547,6 +549,10 @@ def main(argv=None) -> int:
         metrics = builder(name, version, seed)
         ran.add(builder)
         print(f"models: {name}/{version}: built in {time.time() - started:.1f}s, held-out {metrics}", file=sys.stderr)
+    # model.pt2 beside every built model.pt (AOTInductor; parity-checked; see models/build_pt2.py).
+    import build_pt2
+
+    build_pt2.export_all(args.names or list(BUILDERS), lambda n: TABULAR_DATA[n]().x_test, args.force)
     print(f"models: done in {time.time() - total:.1f}s", file=sys.stderr)
     return 0
 
