@@ -14,7 +14,9 @@ first 200 held-out IMDB reviews and 100 held-out airline tweets, tokenized as th
 batched by length 16 at a time) and the largest absolute difference of their logits is written
 to <N>/pt2_parity.json; over 1e-4 the package is deleted and the build fails.
 
-sentiment-int8 gets no package: its dynamically quantised Linear layers (quantize_dynamic) have
+Where the package measured faster than TorchScript with parity, the model serves it by default:
+`format = "pt2"` is put at the top of its model.toml (SERVE_PT2 below; figures in
+models/README.md). sentiment-int8 gets no package: its dynamically quantised Linear layers (quantize_dynamic) have
 no torch.export path; it keeps serving TorchScript.
 """
 
@@ -37,6 +39,12 @@ import pt2  # noqa: E402
 from textmodel import TextClassifier  # noqa: E402
 
 PARITY_LIMIT = 1e-4
+# Kinds whose packages serve by default. `torchwire-bench raw --compare-formats`, heart_disease,
+# 1 thread, 5 interleaved rounds: .pt2 / TorchScript 0.66 at batch 1 and 0.71 at batch 32, every
+# round under 0.73. Sentiment's medians were 0.87-0.95 but single rounds reached 1.05-1.33 on the
+# busy 2-core build host: not shown faster, so text models stay on TorchScript by default.
+SERVE_PT2 = {"tabular"}
+FORMAT_LINE = 'format = "pt2"  # models/build_pt2.py: the AOTInductor package measured faster, same outputs\n'
 NOT_EXPORTABLE = {"sentiment-int8": "dynamic int8 quantisation has no torch.export path"}
 TEXT_IMDB, TEXT_TWEETS = 200, 100
 
@@ -147,6 +155,7 @@ def export_all(names: List[str], tabular_held_out: Callable[[str], np.ndarray], 
             print(f"models: {name}: no model.pt2 ({NOT_EXPORTABLE.get(name, 'not built')})", file=sys.stderr)
             continue
         manifest = tomllib.loads((model_dir / "model.toml").read_text())
+        exported = True
         for vdir in sorted(p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()):
             if not (vdir / "model.pt").exists():
                 continue
@@ -157,9 +166,26 @@ def export_all(names: List[str], tabular_held_out: Callable[[str], np.ndarray], 
                 held_out = lambda: text_cache.setdefault(n, held_out_texts(n))  # noqa: E731
             rec = export_version(name, vdir, manifest, held_out, force)
             if rec is None:
+                exported = False
                 continue
             print(f"models: {name}/{vdir.name}: model.pt2 parity max |diff| {rec['max_abs_diff']:.2e} "
                   f"on the {rec['inputs']}", file=sys.stderr, flush=True)
+        if exported and manifest["kind"] in SERVE_PT2:
+            serve_pt2(model_dir / "model.toml")
+
+
+def serve_pt2(path: Path) -> None:
+    """Puts `format = "pt2"` at the top of a manifest that lacks a format (written whole)."""
+    import layout
+
+    text = path.read_text()
+    if any(line.startswith("format") for line in text.splitlines()):
+        return
+    lines = text.splitlines(keepends=True)
+    # After the leading comment lines (build.py's header), before the first key.
+    at = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
+    layout.write_atomic(path, "".join(lines[:at] + [FORMAT_LINE] + lines[at:]))
+    print(f"models: {path.parent.name}: serves model.pt2 by default", file=sys.stderr)
 
 
 def main(argv=None) -> int:

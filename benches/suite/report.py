@@ -191,7 +191,7 @@ def markdown(ctx: Context, png: Path | None) -> str:
     L = md_header(ctx, png) + md_targets(ctx)
     for group in ("tabular", "tabular32", "sentiment", "sentiment128"):
         L += md_load_table(ctx, group)
-    L += md_raw(ctx) + md_lifecycle(ctx)
+    L += md_raw(ctx) + md_formats(ctx) + md_lifecycle(ctx)
     for n in ctx.R["notes"]:
         L.append(para(f"Note: {n}"))
     if ctx.R["notes"]:
@@ -309,6 +309,21 @@ def md_raw(ctx: Context) -> list[str]:
         L.append(f"| `{r['model']}` | {inp} | {r['batch']} | {fmt_us(med(s['forward_p50_us']))} | "
                  f"{fmt_us(med(s['forward_p99_us']))} | {fmt_us(med(s['prepare_p50_us']))} | "
                  f"{fmt_range(s['rows_per_s'], 1)} |")
+    L.append("")
+    return L
+
+
+def md_formats(ctx: Context) -> list[str]:
+    rows = ctx.R.get("formats") or {}
+    if not rows:
+        return []
+    L = [f"### TorchScript vs AOTInductor `.pt2` (`torchwire-bench raw --compare-formats`, 1 thread, core {SERVER_CPU})",
+         "", "Per interleaved round, the median forward pass of each format; the ratio is the median of the rounds'.", "",
+         "| model | batch | TorchScript p50 per round | .pt2 p50 per round | .pt2 / TorchScript |", "|---|---:|---|---|---:|"]
+    for r in rows.values():
+        us = lambda v: ", ".join(fmt_us(x) for x in v)  # noqa: E731
+        L.append(f"| `{r['model']}` | {r['batch']} | {us(r['torchscript_p50_us'])} | {us(r['pt2_p50_us'])} | "
+                 f"{r['pt2_over_torchscript_median']:.2f} |")
     L.append("")
     return L
 

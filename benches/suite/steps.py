@@ -56,6 +56,29 @@ def step_raw(ctx: Context) -> None:
             s = ctx.R["raw"][f"{key}/b{batch}"]["summary"]
             ctx.log(f"raw {key} batch {batch}: forward p50 {fmt_us(med(s['forward_p50_us']))}, "
                     f"{fmt_num(med(s['rows_per_s']), 1)} rows/s")
+    step_formats(ctx)
+
+
+def step_formats(ctx: Context) -> None:
+    """TorchScript against the AOTInductor package of the same version (issue 20), in-process,
+    in interleaved rounds (`torchwire-bench raw --compare-formats`): the tabular model at batch
+    1 and 32, Sentiment at 1 and 16. Skipped for a model built without a model.pt2."""
+    q = ctx.args.quick
+    for key, model, batches, iters in [("tabular", TAB_MODEL, "1,32", 200 if q else 2000),
+                                        ("sentiment", TEXT_MODEL, "1,16", 10 if q else 50)]:
+        cmd = ctx.taskset(SERVER_CPU) + [ctx.bench_bin, "raw", "--model-dir", ROOT / "models", "--model", model,
+                                         "--batch", batches, "--iters", str(iters), "--threads", "1",
+                                         "--compare-formats", "--rounds", "3" if q else "5", "--json"]
+        try:
+            p = ctx.run_cmd(f"formats {key}", cmd, timeout=600)
+        except StepError as e:
+            ctx.error(f"formats:{key}", e)
+            continue
+        for line in p.stdout.splitlines():
+            if line.startswith("{"):
+                j = json.loads(line)
+                ctx.R.setdefault("formats", {})[f"{key}/b{j['batch']}"] = {"model": model, **j}
+                ctx.log(f"formats {key} batch {j['batch']}: pt2/torchscript {j['pt2_over_torchscript_median']:.2f}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -230,3 +230,39 @@ async fn a_kernel_that_throws_fails_that_request_only_and_out_of_range_shapes_ar
     server.inference().predict(tensor_predict("good", &rows[..4096])).await.unwrap();
     assert_risk_answers(&server, "good").await;
 }
+
+/// Every bundled model's packages (written by `make models`, as `make test` does) load and
+/// reproduce the self-test goldens its TorchScript build recorded: the repository is the real
+/// one, linked into a temporary folder with `format = "pt2"` on each manifest.
+#[tokio::test]
+async fn every_bundled_package_passes_its_models_self_test() {
+    let models = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models");
+    let names = ["breast_cancer", "diabetes", "heart_disease", "sentiment"];
+    let repo = fresh_repo();
+    for n in names {
+        let (src, to) = (models.join(n), repo.join(n));
+        assert!(src.join("1/model.pt2").exists(), "models/{n} has no model.pt2: run `make models` (make test does)");
+        std::fs::create_dir_all(&to).unwrap();
+        let manifest = std::fs::read_to_string(src.join("model.toml")).unwrap();
+        let manifest = manifest.lines().filter(|l| !l.starts_with("format =")).collect::<Vec<_>>().join("\n");
+        std::fs::write(to.join("model.toml"), format!("format = \"pt2\"\n{manifest}\n")).unwrap();
+        for entry in std::fs::read_dir(&src).unwrap() {
+            let name = entry.unwrap().file_name();
+            let s = name.to_string_lossy();
+            if s == "tokenizer.json" || s.parse::<u64>().is_ok() {
+                std::os::unix::fs::symlink(src.join(&name), to.join(&name)).unwrap();
+            }
+        }
+    }
+    let config = Config { max_loaded_models: names.len(), ..Config::for_tests(&repo) };
+    let server = TestServer::start(config).await;
+    for n in names {
+        let req = torchwire::proto::LoadModelRequest { model: n.into(), device: "cpu".into(), pin: false };
+        let info = server.admin().load_model(req).await.unwrap_or_else(|s| panic!("{n}: {}", s.message())).into_inner();
+        let v = info.versions.iter().find(|v| v.labels.iter().any(|l| l == "default")).unwrap();
+        assert!(v.self_tests > 0, "{n} has self-test goldens");
+        let cpu = v.devices.iter().find(|d| d.device == "cpu").unwrap();
+        assert_eq!(ModelState::try_from(cpu.state).unwrap(), ModelState::Ready, "{n}: {}", cpu.error);
+    }
+    server.stop().await.unwrap();
+}
