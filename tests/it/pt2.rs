@@ -237,7 +237,7 @@ async fn a_kernel_that_throws_fails_that_request_only_and_out_of_range_shapes_ar
 #[tokio::test]
 async fn every_bundled_package_passes_its_models_self_test() {
     let models = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models");
-    let names = ["breast_cancer", "diabetes", "heart_disease", "sentiment"];
+    let names = ["breast_cancer", "diabetes", "heart_disease", "liver", "lung", "sentiment"];
     let repo = fresh_repo();
     for n in names {
         let (src, to) = (models.join(n), repo.join(n));
