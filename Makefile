@@ -98,7 +98,8 @@ image: models build
 rollout:
 	bash deploy/rollout/rollout.sh
 
-# Regenerates the committed test fixtures (deterministic).
+# Regenerates the committed test fixtures (deterministic; the .pt2 packages only when missing or
+# older than their model.pt, or with `$(PY) models/fixtures/make_fixtures.py --pt2`).
 fixtures: setup
 	$(PY) models/fixtures/make_fixtures.py
 
