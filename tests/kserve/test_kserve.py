@@ -2,7 +2,8 @@
 binary serving the committed fixtures: health, metadata, config, inference equal to the native
 RPCs (called through the real grpcurl), statistics, repository, and every error case; then a
 temporary repository with two versions of one model (per-version metadata, readiness, config,
-inference, statistics, a label added by a reload, bad versions); then perf_analyzer without `-x`.
+inference, statistics, a label added by a reload, bad versions); the fixtures' AOTInductor
+packages (`.pt2`) answering as their TorchScript files do; then perf_analyzer without `-x`.
 
 Run by `make test` (TORCHWIRE_BIN points at the built binary).
 """
@@ -360,6 +361,47 @@ def perf_analyzer_env():
     if missing:
         return None, f"perf_analyzer's libraries are missing: {missing} (see benches/kserve.sh)"
     return env, None
+
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory):
+    """tiny_risk and tiny_bert served from their AOTInductor packages (`format = "pt2"`)."""
+    repo = tmp_path_factory.mktemp("pt2")
+    for name in ("tiny_risk", "tiny_bert"):
+        src, dst = FIXTURES / name, repo / name
+        dst.mkdir()
+        for f in ("model.pt2", "tokenizer.json"):
+            if (src / f).exists():
+                shutil.copy(src / f, dst / f)
+        (dst / "model.toml").write_text('format = "pt2"\n' + (src / "model.toml").read_text())
+    proc, url, client = start_server(repo)
+    yield url, client
+    stop_server(proc)
+
+
+def test_pt2_packages_answer_tritonclient_like_torchscript(packages, server):
+    _, c = packages
+    _, ts = server
+    rows = np.array(EXPECTED["rows"], dtype=np.float32)
+    inp = grpcclient.InferInput("features", list(rows.shape), "FP32")
+    inp.set_data_from_numpy(rows)
+    logits = c.infer("tiny_risk", [inp]).as_numpy("output_0")
+    np.testing.assert_allclose(logits, EXPECTED["logits"], rtol=1e-4, atol=1e-4)
+    texts = np.array([[b"I loved this film."], [b"The worst meal I have ever had."]], dtype=np.object_)
+    outs = []
+    for client in (c, ts):
+        t = grpcclient.InferInput("text", [2, 1], "BYTES")
+        t.set_data_from_numpy(texts)
+        outs.append(client.infer("tiny_bert", [t]).as_numpy("probabilities"))
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-4, atol=1e-4)
+    # A width the model does not take (the manifest's, which the package was checked against at
+    # load): INVALID_ARGUMENT before any kernel runs, and the model keeps serving.
+    wide = grpcclient.InferInput("features", [1, 5], "FP32")
+    wide.set_data_from_numpy(np.ones((1, 5), dtype=np.float32))
+    with pytest.raises(InferenceServerException) as e:
+        c.infer("tiny_risk", [wide])
+    assert "INVALID_ARGUMENT" in str(e.value.status()), e.value
+    assert c.infer("tiny_risk", [inp]).as_numpy("output_0").shape == (3, 3)
 
 
 def test_perf_analyzer_without_version(server):
