@@ -41,7 +41,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TORCHWIRE_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
     /// Model repository: one folder per model with model.toml and one numbered folder per
-    /// version (`<N>/model.pt`), or model.pt beside model.toml for a single version 1.
+    /// version (`<N>/model.pt`, and/or `<N>/model.pt2` served with `format = "pt2"`), or the
+    /// model file beside model.toml for a single version 1.
     #[arg(long, env = "TORCHWIRE_MODEL_DIR", default_value = "./models")]
     pub model_dir: PathBuf,
     /// Address of the HTTP listener for /metrics (Prometheus), /healthz and /readyz; `off`

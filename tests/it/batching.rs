@@ -142,7 +142,9 @@ async fn wait_for_queue_depth(server: &TestServer, n: f64) {
 }
 
 async fn a_cancelled_or_expired_request_is_never_computed(executor: ExecutorChoice) {
-    let factory = FakeFactory { forward_delay: Duration::from_millis(400), ..FakeFactory::default() };
+    // The blocker's pass is long enough for the two other requests to reach the queue (and the
+    // test to see each arrive) on a loaded CI host: at 400 ms one run saw it finish first.
+    let factory = FakeFactory { forward_delay: Duration::from_millis(1500), ..FakeFactory::default() };
     let rows_seen = Arc::clone(&factory.rows_seen);
     // Calls without a grpc-timeout get 150 ms (the server's own default, no client timer).
     let config = Config { default_timeout: Duration::from_millis(150), executor, ..Config::for_tests(fixtures_dir()) };
