@@ -39,11 +39,12 @@ import pt2  # noqa: E402
 from textmodel import TextClassifier  # noqa: E402
 
 PARITY_LIMIT = 1e-4
-# Kinds whose packages serve by default. `torchwire-bench raw --compare-formats`, heart_disease,
-# 1 thread, 5 interleaved rounds: .pt2 / TorchScript 0.66 at batch 1 and 0.71 at batch 32, every
-# round under 0.73. Sentiment's medians were 0.87-0.95 but single rounds reached 1.05-1.33 on the
-# busy 2-core build host: not shown faster, so text models stay on TorchScript by default.
-SERVE_PT2 = {"tabular"}
+# Kinds whose packages serve by default (`torchwire-bench raw --compare-formats`, 1 thread,
+# interleaved rounds, parity as checked here): heart_disease .pt2 / TorchScript 0.66 at batch 1
+# and 0.71 at batch 32, every round under 0.73; sentiment 0.80 (0.72-0.94) at batch 1 and 0.90
+# (0.86-0.95) at batch 16 over 7 rounds on a quiet host (on a busy one its medians were 0.87-0.95
+# with single rounds either way). models/README.md has the tables.
+SERVE_PT2 = {"tabular", "text-classification"}
 FORMAT_LINE = 'format = "pt2"  # models/build_pt2.py: the AOTInductor package measured faster, same outputs\n'
 NOT_EXPORTABLE = {"sentiment-int8": "dynamic int8 quantisation has no torch.export path"}
 TEXT_IMDB, TEXT_TWEETS = 200, 100
