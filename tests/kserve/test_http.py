@@ -11,12 +11,9 @@ Run by `make test` (TORCHWIRE_BIN points at the built binary).
 """
 
 import json
-import os
 import re
 import shlex
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,46 +22,21 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+import twserver  # noqa: E402  (this folder's server starter)
+
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "models" / "fixtures"
 BUNDLED = ROOT / "models"
-BIN = os.environ.get("TORCHWIRE_BIN", str(ROOT / "target" / "debug" / "torchwire"))
 EXPECTED = json.loads((FIXTURES / "tiny_risk" / "expected.json").read_text())
 README = (ROOT / "README.md").read_text()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(model_dir: Path):
-    """Starts torchwire on `model_dir`; waits until `/v2/health/live` answers; returns (process, url)."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [BIN, "serve", "--grpc-addr", f"127.0.0.1:{port}", "--metrics-addr", "off", "--cpu-only",
-         "--model-dir", str(model_dir), "--log-level", "warn"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"127.0.0.1:{port}"
-    client = httpclient.InferenceServerClient(url)
-    deadline = time.time() + 60
-    while True:
-        try:
-            if client.is_server_live():
-                break
-        except (InferenceServerException, ConnectionError, OSError):
-            pass
-        assert proc.poll() is None, "torchwire exited"
-        assert time.time() < deadline, "torchwire did not start"
-        time.sleep(0.05)
-    client.close()
-    return proc, url
+    """Starts torchwire on `model_dir`; returns (process, "127.0.0.1:<port>") once it is live."""
+    return twserver.start(model_dir)
 
 
-def stop_server(proc):
-    proc.terminate()
-    assert proc.wait(timeout=30) == 0
+stop_server = twserver.stop
 
 
 @pytest.fixture(scope="module")

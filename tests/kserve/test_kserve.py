@@ -12,11 +12,9 @@ import json
 import os
 import re
 import shutil
-import socket
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,44 +24,21 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 import grpc
 
+import twserver  # noqa: E402  (this folder's server starter)
+
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "models" / "fixtures"
-BIN = os.environ.get("TORCHWIRE_BIN", str(ROOT / "target" / "debug" / "torchwire"))
 GRPCURL = str(ROOT / ".venv" / "grpcurl")
 EXPECTED = json.loads((FIXTURES / "tiny_risk" / "expected.json").read_text())
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(model_dir: Path):
-    """Starts torchwire on `model_dir` and waits until it is live; returns (process, url, client)."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [BIN, "serve", "--grpc-addr", f"127.0.0.1:{port}", "--metrics-addr", "off", "--cpu-only",
-         "--model-dir", str(model_dir), "--log-level", "warn"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"127.0.0.1:{port}"
-    client = grpcclient.InferenceServerClient(url)
-    deadline = time.time() + 60
-    while True:
-        try:
-            if client.is_server_live():
-                break
-        except InferenceServerException:
-            pass
-        assert proc.poll() is None, "torchwire exited"
-        assert time.time() < deadline, "torchwire did not start"
-        time.sleep(0.05)
-    return proc, url, client
+    """Starts torchwire on `model_dir`; returns (process, url, gRPC client) once it is live."""
+    proc, url = twserver.start(model_dir)
+    return proc, url, grpcclient.InferenceServerClient(url)
 
 
-def stop_server(proc):
-    proc.terminate()
-    assert proc.wait(timeout=30) == 0
+stop_server = twserver.stop
 
 
 @pytest.fixture(scope="module")

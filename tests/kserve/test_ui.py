@@ -13,9 +13,6 @@ the page as the README shows it.
 
 import json
 import os
-import socket
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -23,12 +20,14 @@ from pathlib import Path
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+import twserver  # noqa: E402  (this folder's server starter)
+
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "models" / "fixtures"
-BIN = os.environ.get("TORCHWIRE_BIN", str(ROOT / "target" / "debug" / "torchwire"))
 EXPECTED = json.loads((FIXTURES / "tiny_risk" / "expected.json").read_text())
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -37,12 +36,6 @@ KEY = "ui-test-key-0123456789abcdef"
 pytestmark = pytest.mark.skipif(
     not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
     reason=f"{CHROMIUM} or {CHROMEDRIVER} missing (bash scripts/setup-system.sh)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def call(base: str, path: str, body=None, key=None):
@@ -64,28 +57,12 @@ def call(base: str, path: str, body=None, key=None):
 
 
 def start_server(model_dir: Path, *flags: str):
-    """Starts torchwire on `model_dir` and waits until its HTTP door answers; returns (process, base URL)."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [BIN, "serve", "--grpc-addr", f"127.0.0.1:{port}", "--metrics-addr", "off", "--cpu-only",
-         "--model-dir", str(model_dir), "--log-level", "warn", *flags],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            if call(base, "/v2/health/live")[0] == 200:
-                return proc, base
-        except OSError:
-            pass
-        assert proc.poll() is None, "torchwire exited"
-        assert time.time() < deadline, "torchwire did not start"
-        time.sleep(0.05)
+    """Starts torchwire on `model_dir` (plus `flags`); returns (process, base URL) once it is live."""
+    proc, addr = twserver.start(model_dir, *flags)
+    return proc, f"http://{addr}"
 
 
-def stop_server(proc):
-    proc.terminate()
-    assert proc.wait(timeout=30) == 0
+stop_server = twserver.stop
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +90,11 @@ def browser(tmp_path):
 
 
 def wait(driver, what: str, fn, timeout=30):
-    """Polls `fn(driver)` until it is truthy; returns its value."""
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: fn(d), message=what)
+    """Polls `fn(driver)` until it is truthy; returns its value. The page re-renders its models
+    table and charts on every poll (3 s), so an element `fn` found may be replaced before it is
+    read: a stale element means "look again"."""
+    return WebDriverWait(driver, timeout, poll_frequency=0.1,
+                         ignored_exceptions=(StaleElementReferenceException,)).until(lambda d: fn(d), message=what)
 
 
 def find(driver, css: str):
@@ -123,7 +103,16 @@ def find(driver, css: str):
 
 
 def model_rows(driver) -> dict:
-    return {r.get_attribute("data-model"): r for r in driver.find_elements(By.CSS_SELECTOR, "#models tr[data-model]")}
+    """Each listed model's kind and its state per device, read in one pass (call it inside
+    `wait`, which retries when a poll replaced the table meanwhile)."""
+    return {
+        r.get_attribute("data-model"): {
+            "kind": r.get_attribute("data-kind"),
+            "states": {b.get_attribute("data-device"): b.get_attribute("data-state")
+                       for b in r.find_elements(By.CSS_SELECTOR, "[data-state]")},
+        }
+        for r in driver.find_elements(By.CSS_SELECTOR, "#models tr[data-model]")
+    }
 
 
 def fill_and_predict(driver, model: str, features: dict):
@@ -181,10 +170,9 @@ def test_page_lists_models_predicts_classifies_and_charts(server, browser):
 
     rows = wait(d, "the fixture models listed", lambda d: (r := model_rows(d)) and set(r) >= {"tiny_risk"} and r)
     assert set(rows) == {"broken", "tiny_bert", "tiny_risk"}
-    assert rows["tiny_risk"].get_attribute("data-kind") == "tabular"
-    assert rows["tiny_bert"].get_attribute("data-kind") == "text-classification"
-    states = {b.get_attribute("data-device"): b.get_attribute("data-state")
-              for b in rows["tiny_risk"].find_elements(By.CSS_SELECTOR, "[data-state]")}
+    assert rows["tiny_risk"]["kind"] == "tabular"
+    assert rows["tiny_bert"]["kind"] == "text-classification"
+    states = rows["tiny_risk"]["states"]
     assert set(states) == {"cpu"} and states["cpu"] in ("UNLOADED", "LOADING", "READY"), states
 
     # A form for each tabular model, its fields the manifest's features with their units.
