@@ -305,12 +305,15 @@ impl Guarded {
     {
         let path = req.uri().path();
         let rpc = crate::boundary::rpc_label(path);
-        let verified = match self.verify(&req, path, rpc, arrived) {
-            Ok(v) => v,
-            Err(e) => return answer(open, Ok(tonic::Status::from(e).into_http())),
+        let checked = self.verify(&req, path).and_then(|verified| Ok((verified, header_timeout(req.headers())?)));
+        let (verified, timeout) = match checked {
+            Ok(x) => x,
+            Err(e) => {
+                self.refused(&e, path, rpc, arrived);
+                return answer(open, Ok(tonic::Status::from(e).into_http()));
+            }
         };
-        let timeout =
-            req.headers_mut().remove("grpc-timeout").and_then(|v| v.to_str().ok().and_then(parse_grpc_timeout));
+        req.headers_mut().remove("grpc-timeout");
         let info = self.facts(req.headers(), arrived, verified, timeout, false);
         let deadline = info.deadline;
         req.extensions_mut().insert(info);
@@ -338,8 +341,7 @@ impl Guarded {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
     {
         let refuse = |e: Error, rpc: &'static str, request_id: &str| {
-            tracing::info!(peer = %self.peer, path = %crate::error::clip(req.uri().path(), 96), code = e.code_label(), "request refused: {e}");
-            (self.config.refused)(rpc, &e, arrived.elapsed());
+            self.refused(&e, req.uri().path(), rpc, arrived);
             crate::rest::error_reply(&e, request_id)
         };
         let route = crate::rest::Route::parse(req.method(), req.uri().path());
@@ -348,8 +350,7 @@ impl Guarded {
             Ok(r) => r,
             Err(e) => return answer(open, Ok(refuse(e, rpc, &request_id(req.headers())))),
         };
-        let checked =
-            self.verify_quietly(&req, route.access_path()).and_then(|verified| Ok((verified, http_timeout(&req)?)));
+        let checked = self.verify(&req, route.access_path()).and_then(|verified| Ok((verified, http_timeout(&req)?)));
         let (verified, timeout) = match checked {
             Ok(x) => x,
             Err(e) => return answer(open, Ok(refuse(e, rpc, &request_id(req.headers())))),
@@ -372,23 +373,16 @@ impl Guarded {
         })
     }
 
-    /// Checks the bearer key for `path`; a refusal is logged and counted.
-    fn verify<B>(
-        &self,
-        req: &http::Request<B>,
-        path: &str,
-        rpc: &'static str,
-        arrived: Instant,
-    ) -> Result<Option<String>, Error> {
-        self.verify_quietly(req, path).inspect_err(|e| {
-            tracing::info!(peer = %self.peer, path = %crate::error::clip(path, 96), code = e.code_label(), "request refused: {e}");
-            (self.config.refused)(rpc, e, arrived.elapsed());
-        })
-    }
-
-    fn verify_quietly<B>(&self, req: &http::Request<B>, path: &str) -> Result<Option<String>, Error> {
+    /// Checks the bearer key for a call to `path` (a gRPC method path).
+    fn verify<B>(&self, req: &http::Request<B>, path: &str) -> Result<Option<String>, Error> {
         let authorization = req.headers().get(http::header::AUTHORIZATION).map(http::HeaderValue::as_bytes);
         self.config.keys.check(path, authorization)
+    }
+
+    /// Logs and counts a call the transport answers itself.
+    fn refused(&self, e: &Error, path: &str, rpc: &'static str, arrived: Instant) {
+        tracing::info!(peer = %self.peer, path = %crate::error::clip(path, 96), code = e.code_label(), "request refused: {e}");
+        (self.config.refused)(rpc, e, arrived.elapsed());
     }
 
     /// The call's facts, decided once: deadline, client identity, request id, cache opt-out.
@@ -435,13 +429,24 @@ fn request_id(headers: &http::HeaderMap) -> String {
         .map_or_else(new_request_id, str::to_owned)
 }
 
+/// The `grpc-timeout` header, when sent: one that does not parse is INVALID_ARGUMENT on every
+/// front door (rather than silently the default deadline).
+fn header_timeout(headers: &http::HeaderMap) -> Result<Option<Duration>, Error> {
+    headers
+        .get("grpc-timeout")
+        .map(|v| {
+            v.to_str().ok().and_then(parse_grpc_timeout).ok_or_else(|| {
+                Error::invalid("grpc-timeout", "must be a gRPC time-out such as `500m` (ms) or `2S` (seconds)")
+            })
+        })
+        .transpose()
+}
+
 /// An HTTP call's time-out: `grpc-timeout` (gRPC syntax), else the `timeout` query parameter
 /// (`250ms`, `2s`, `1m`, or plain seconds).
 fn http_timeout<B>(req: &http::Request<B>) -> Result<Option<Duration>, Error> {
-    if let Some(v) = req.headers().get("grpc-timeout") {
-        return v.to_str().ok().and_then(parse_grpc_timeout).map(Some).ok_or_else(|| {
-            Error::invalid("grpc-timeout", "must be a gRPC time-out such as `500m` (ms) or `2S` (seconds)")
-        });
+    if let Some(t) = header_timeout(req.headers())? {
+        return Ok(Some(t));
     }
     let Some(given) = req.uri().query().and_then(|q| crate::rest::query_param(q, "timeout")) else {
         return Ok(None);

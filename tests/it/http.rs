@@ -491,7 +491,16 @@ async fn deadlines_from_grpc_timeout_and_the_timeout_parameter_answer_504_with_g
     bad.assert_error(400, &["`soon` is not a time-out", "250ms"]);
     let bad =
         call(addr, "POST", "/v1/models/tiny_risk:predict", &[json_ct, ("grpc-timeout", "x")], body.as_bytes()).await;
-    bad.assert_error(400, &["grpc-timeout", "500m"]);
+    let http_message = bad.assert_error(400, &["grpc-timeout", "500m"]);
+    // The same mistake on gRPC: INVALID_ARGUMENT with the same message, not the default deadline.
+    let mut send = send.ready().await.unwrap();
+    let mut req = grpc_request(addr, "/torchwire.v1.Inference/Predict");
+    req.headers_mut().insert("grpc-timeout", "x".parse().unwrap());
+    let (resp, mut stream) = send.send_request(req, false).unwrap();
+    stream.send_data(frame(&tensor_predict("tiny_risk", &[vec![1.0, 2.0, 3.0, 4.0]])), true).unwrap();
+    let (code, message) = tokio::time::timeout(PATIENCE, grpc_answer(resp)).await.expect("a gRPC answer");
+    assert_eq!((code, message), (Code::InvalidArgument as i32, http_message));
+    assert_serving(addr).await;
 }
 
 #[tokio::test]
