@@ -374,9 +374,15 @@ impl Error {
 
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
+        Status::from(&err)
+    }
+}
+
+impl From<&Error> for Status {
+    fn from(err: &Error) -> Self {
         let mut status = Status::new(err.code(), err.to_string());
         if let Error::RateLimited { retry_after_ms } = err {
-            status.metadata_mut().insert("retry-after-ms", retry_after_ms.into());
+            status.metadata_mut().insert("retry-after-ms", (*retry_after_ms).into());
         }
         status
     }

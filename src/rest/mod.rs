@@ -366,22 +366,13 @@ pub fn error_reply(e: &Error, request_id: &str) -> Reply {
         Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         Error::MessageTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Error::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        _ => return status_reply(&status_of(e), request_id),
+        _ => return status_reply(&Status::from(e), request_id),
     };
     let mut reply = json_body(code, &serde_json::json!({ "error": e.to_string() }));
     if let Error::MethodNotAllowed { allowed, .. } = e {
         reply.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allowed));
     }
     with_request_id(reply, request_id)
-}
-
-/// The gRPC status an error answers with (as `From<Error> for Status`, without consuming it).
-fn status_of(e: &Error) -> Status {
-    let mut status = Status::new(e.code(), e.to_string());
-    if let Error::RateLimited { retry_after_ms } = e {
-        status.metadata_mut().insert("retry-after-ms", (*retry_after_ms).into());
-    }
-    status
 }
 
 fn with_request_id(mut reply: Reply, request_id: &str) -> Reply {

@@ -241,3 +241,20 @@ macro_rules! on_both_executors {
 }
 #[allow(unused_imports)]
 pub(crate) use on_both_executors;
+
+/// Serves `repo`, loads each of `names` on the CPU and asserts its default version has self-test
+/// goldens and came up READY (a load runs the self-test: a golden that does not reproduce fails it).
+pub async fn assert_each_loads_and_passes_its_self_test(repo: &std::path::Path, names: &[&str]) {
+    use torchwire::proto::ModelState;
+    let config = Config { max_loaded_models: names.len(), ..Config::for_tests(repo) };
+    let server = TestServer::start(config).await;
+    for &n in names {
+        let req = torchwire::proto::LoadModelRequest { model: n.into(), device: "cpu".into(), pin: false };
+        let info = server.admin().load_model(req).await.unwrap_or_else(|s| panic!("{n}: {}", s.message())).into_inner();
+        let v = info.versions.iter().find(|v| v.labels.iter().any(|l| l == "default")).unwrap();
+        assert!(v.self_tests > 0, "{n} has self-test goldens");
+        let cpu = v.devices.iter().find(|d| d.device == "cpu").unwrap_or_else(|| panic!("{n}: {v:?}"));
+        assert_eq!(ModelState::try_from(cpu.state).unwrap(), ModelState::Ready, "{n}: {}", cpu.error);
+    }
+    server.stop().await.unwrap();
+}

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::common::{TestServer, fixtures_dir, tensor_predict};
+use crate::common::{TestServer, assert_each_loads_and_passes_its_self_test, fixtures_dir, tensor_predict};
 use tonic::Code;
 use torchwire::config::Config;
 use torchwire::proto::kserve::model_infer_request::InferInputTensor;
@@ -254,15 +254,5 @@ async fn every_bundled_package_passes_its_models_self_test() {
             }
         }
     }
-    let config = Config { max_loaded_models: names.len(), ..Config::for_tests(&repo) };
-    let server = TestServer::start(config).await;
-    for n in names {
-        let req = torchwire::proto::LoadModelRequest { model: n.into(), device: "cpu".into(), pin: false };
-        let info = server.admin().load_model(req).await.unwrap_or_else(|s| panic!("{n}: {}", s.message())).into_inner();
-        let v = info.versions.iter().find(|v| v.labels.iter().any(|l| l == "default")).unwrap();
-        assert!(v.self_tests > 0, "{n} has self-test goldens");
-        let cpu = v.devices.iter().find(|d| d.device == "cpu").unwrap();
-        assert_eq!(ModelState::try_from(cpu.state).unwrap(), ModelState::Ready, "{n}: {}", cpu.error);
-    }
-    server.stop().await.unwrap();
+    assert_each_loads_and_passes_its_self_test(&repo, &names).await;
 }

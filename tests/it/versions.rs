@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::common::{TestServer, fixtures_dir, tensor_predict};
+use crate::common::{TestServer, assert_each_loads_and_passes_its_self_test, fixtures_dir, tensor_predict};
 use tonic::Code;
 use torchwire::config::Config;
 use torchwire::model::fake::FakeFactory;
@@ -393,17 +393,5 @@ async fn every_bundled_model_passes_its_self_test() {
             "models/{n} is not built: run `make models` (make test does)"
         );
     }
-    let config = Config { max_loaded_models: names.len(), ..Config::for_tests(&dir) };
-    let server = TestServer::start(config).await;
-    for n in names {
-        let req = torchwire::proto::LoadModelRequest { model: n.into(), device: "cpu".into(), pin: false };
-        let info = server.admin().load_model(req).await.unwrap_or_else(|s| panic!("{n}: {}", s.message())).into_inner();
-        let v = info.versions.iter().find(|v| v.labels.iter().any(|l| l == "default")).unwrap();
-        assert!(v.self_tests > 0, "{n} has self-test goldens");
-        assert!(
-            v.devices.iter().any(|d| d.device == "cpu" && d.state == torchwire::proto::ModelState::Ready as i32),
-            "{n}: {v:?}"
-        );
-    }
-    server.stop().await.unwrap();
+    assert_each_loads_and_passes_its_self_test(&dir, &names).await;
 }
